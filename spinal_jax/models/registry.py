@@ -1,0 +1,92 @@
+"""One registry and one ``create_model`` for every architecture (as timm does).
+
+Each family module registers builders with :func:`register_model`. A builder takes
+``(num_classes, head, **overrides)`` and returns a Flax Linen module whose ``__call__(x, train=False)``
+maps NHWC images ``(B, H, W, C)`` to logits ``(B, num_classes)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from flax import linen as nn
+
+HEADS = ("default", "spinal")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What the registry knows about one architecture.
+
+    Attributes:
+      name: registry name, e.g. ``"vgg5"``.
+      builder: ``builder(num_classes, head, **overrides) -> nn.Module``.
+      input_shape: default input ``(H, W, C)`` of one image.
+      num_classes: the class count the model is usually built with.
+      family: the module (family) that defines it.
+      description: one line for the model table.
+    """
+
+    name: str
+    builder: Callable[..., nn.Module]
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    family: str
+    description: str
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(
+    name: str,
+    *,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    description: str,
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register ``builder(num_classes, head, **overrides)`` under ``name``."""
+
+    def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"Model {name!r} is registered twice.")
+        family = builder.__module__.rsplit(".", 1)[-1]
+        _REGISTRY[name] = ModelSpec(name, builder, input_shape, num_classes, family, description)
+        return builder
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    """Every registered model name, in registration order."""
+    return list(_REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The :class:`ModelSpec` of ``name``; a ValueError naming the known models otherwise."""
+    if name not in _REGISTRY:
+        raise ValueError(f"Unknown model {name!r}. Registered models: {', '.join(_REGISTRY)}.")
+    return _REGISTRY[name]
+
+
+def create_model(
+    name: str, num_classes: int | None = None, head: str = "spinal", **overrides: Any
+) -> nn.Module:
+    """Build a registered model.
+
+    Args:
+      name: a name from :func:`list_models`.
+      num_classes: output classes (default: the spec's).
+      head: ``"default"`` (the reference's baseline head for that family) or ``"spinal"``.
+      **overrides: module fields, e.g. ``dtype=jnp.bfloat16``, ``spinal_width=256``,
+        ``bn_axis_name="batch"``.
+    """
+    spec = get_spec(name)
+    if head not in HEADS:
+        raise ValueError(f"Unknown head {head!r} for model {name!r}: use one of {HEADS}.")
+    num_classes = spec.num_classes if num_classes is None else int(num_classes)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
+    return spec.builder(num_classes=num_classes, head=head, **overrides)
