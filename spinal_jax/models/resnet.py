@@ -1,0 +1,199 @@
+"""torchvision's ImageNet ResNets (v1.5) in Flax, parameter for parameter.
+
+Every torchvision tensor has exactly one Flax leaf of the same size (conv kernels HWIO, Linear kernels
+``(in, out)``); :mod:`spinal_jax.pretrained` converts the weights. Module names mirror torchvision's:
+``conv1``, ``bn1``, ``layer{i}_{j}`` (block j of stage i) with ``conv1..3``, ``bn1..3``,
+``downsample_conv`` / ``downsample_bn``, and the head ``fc``. With ``head='spinal'`` a
+:class:`~spinal_jax.layers.SpinalFC` named ``fc`` reads the halves of the pooled features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from spinal_jax.layers import Conv, Dense, SpinalFC, batch_norm, kaiming_normal_fan_out, max_pool
+from spinal_jax.models.common import check_head, check_images
+from spinal_jax.models.registry import register_model
+
+Dtype = Any
+
+# Name in the registry -> (block, blocks per stage, groups, width_per_group), as torchvision builds them.
+RESNET_CONFIGS: dict[str, tuple[str, tuple[int, ...], int, int]] = {
+    "resnet18": ("basic", (2, 2, 2, 2), 1, 64),
+    "resnet34": ("basic", (3, 4, 6, 3), 1, 64),
+    "resnet50": ("bottleneck", (3, 4, 6, 3), 1, 64),
+    "resnet101": ("bottleneck", (3, 4, 23, 3), 1, 64),
+    "resnet152": ("bottleneck", (3, 8, 36, 3), 1, 64),
+    "wide_resnet50_2": ("bottleneck", (3, 4, 6, 3), 1, 128),
+    "wide_resnet101_2": ("bottleneck", (3, 4, 23, 3), 1, 128),
+    "resnext50_32x4d": ("bottleneck", (3, 4, 6, 3), 32, 4),
+}
+EXPANSION = {"basic": 1, "bottleneck": 4}
+
+
+class ResidualBlock(nn.Module):
+    """torchvision's ``BasicBlock`` or ``Bottleneck`` (stride on the 3x3 conv, ResNet v1.5).
+
+    Attributes:
+      kind: 'basic' or 'bottleneck'.
+      planes: torchvision's ``planes``; the block outputs ``planes * expansion`` channels.
+      strides: stride of the 3x3 conv (and of the downsample conv).
+      groups, width_per_group: ResNeXt / wide-ResNet bottleneck width,
+        ``int(planes * width_per_group / 64) * groups``.
+    Input ``(B, H, W, C_in)``, output ``(B, H / strides, W / strides, planes * expansion)``.
+    """
+
+    kind: str
+    planes: int
+    strides: int = 1
+    groups: int = 1
+    width_per_group: int = 64
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        def conv(features: int, size: int, strides: int = 1, groups: int = 1, name: str = "") -> Conv:
+            return Conv(
+                features,
+                size,
+                strides,
+                padding=size // 2,
+                groups=groups,
+                use_bias=False,
+                kernel_init=kaiming_normal_fan_out,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=name,
+            )
+
+        def bn(name: str) -> nn.BatchNorm:
+            return batch_norm(
+                train, self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype, name=name
+            )
+
+        out_ch = self.planes * EXPANSION[self.kind]
+        if self.kind == "basic":
+            y = nn.relu(bn("bn1")(conv(self.planes, 3, self.strides, name="conv1")(x)))
+            y = bn("bn2")(conv(self.planes, 3, name="conv2")(y))
+        else:
+            width = int(self.planes * (self.width_per_group / 64.0)) * self.groups
+            y = nn.relu(bn("bn1")(conv(width, 1, name="conv1")(x)))
+            y = nn.relu(bn("bn2")(conv(width, 3, self.strides, self.groups, name="conv2")(y)))
+            y = bn("bn3")(conv(out_ch, 1, name="conv3")(y))
+        shortcut = x
+        if self.strides != 1 or x.shape[-1] != out_ch:
+            shortcut = bn("downsample_bn")(conv(out_ch, 1, self.strides, name="downsample_conv")(x))
+        return nn.relu(y + shortcut)
+
+
+class ResNet(nn.Module):
+    """torchvision's ResNet / Wide-ResNet / ResNeXt, with its ``fc`` or a spinal head named ``fc``.
+
+    Attributes:
+      block: 'basic' (ResNet-18/34) or 'bottleneck'.
+      stage_sizes: blocks per stage, e.g. (3, 4, 6, 3).
+      num_classes: C.
+      head: 'default' (Linear(features, C), PyTorch init) or 'spinal' (SpinalFC on the pooled
+        features' halves).
+      groups, width_per_group: ResNeXt / wide variants (torchvision's arguments).
+      spinal_width, spinal_layers, spinal_splits, spinal_dropout, spinal_bn, spinal_activation: the
+        spinal head (defaults: the PyTorch anchor's w=1024, k=4, halves, no dropout or BN, ReLU).
+      dtype: compute dtype (None = float32); param_dtype: parameter dtype.
+      bn_axis_name: pmap axis for synchronised BatchNorm in training.
+    Input NHWC float images ``(B, H, W, 3)`` with H, W >= 32 (224 for ImageNet); output float32 logits
+    ``(B, C)``.
+    """
+
+    block: str = "bottleneck"
+    stage_sizes: Sequence[int] = (3, 4, 6, 3)
+    num_classes: int = 1000
+    head: str = "default"
+    groups: int = 1
+    width_per_group: int = 64
+    spinal_width: int = 1024
+    spinal_layers: int = 4
+    spinal_splits: int = 2
+    spinal_dropout: float = 0.0
+    spinal_bn: bool = False
+    spinal_activation: str = "relu"
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        check_head(self.head, "ResNet")
+        check_images(x, 3, 32, "ResNet")
+        if self.block not in EXPANSION:
+            raise ValueError(f"ResNet: unknown block {self.block!r}, use 'basic' or 'bottleneck'.")
+        x = Conv(
+            64,
+            7,
+            2,
+            padding=3,
+            use_bias=False,
+            kernel_init=kaiming_normal_fan_out,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="conv1",
+        )(x)
+        x = batch_norm(train, self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype, name="bn1")(
+            x
+        )
+        x = max_pool(nn.relu(x), 3, 2, padding=1)
+        for i, num_blocks in enumerate(self.stage_sizes):
+            for j in range(num_blocks):
+                x = ResidualBlock(
+                    self.block,
+                    64 * 2**i,
+                    strides=2 if (i > 0 and j == 0) else 1,
+                    groups=self.groups,
+                    width_per_group=self.width_per_group,
+                    dtype=self.dtype,
+                    param_dtype=self.param_dtype,
+                    bn_axis_name=self.bn_axis_name,
+                    name=f"layer{i + 1}_{j}",
+                )(x, train)
+        x = jnp.mean(x, axis=(1, 2))  # AdaptiveAvgPool2d(1) + flatten: (B, C)
+        if self.head == "spinal":
+            x = SpinalFC(
+                self.spinal_width,
+                self.num_classes,
+                num_layers=self.spinal_layers,
+                num_splits=self.spinal_splits,
+                activation=self.spinal_activation,
+                dropout_rate=self.spinal_dropout,
+                use_bn=self.spinal_bn,
+                bn_axis_name=self.bn_axis_name,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="fc",
+            )(x, train)
+        else:
+            x = Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
+        return x.astype(jnp.float32)
+
+
+def _register(name: str) -> None:
+    block, stages, groups, width = RESNET_CONFIGS[name]
+
+    @register_model(
+        name,
+        input_shape=(224, 224, 3),
+        num_classes=1000,
+        description=f"torchvision {name} (ImageNet), fc or spinal head",
+    )
+    def build(num_classes: int, head: str, **overrides: Any) -> ResNet:
+        fields = dict(block=block, stage_sizes=stages, groups=groups, width_per_group=width)
+        return ResNet(num_classes=num_classes, head=head, **{**fields, **overrides})
+
+
+for _name in RESNET_CONFIGS:
+    _register(_name)
