@@ -1,0 +1,130 @@
+"""Optimisers, learning-rate schedules and the reference's random-restart-on-plateau rule (optax).
+
+Every optimiser is wrapped in ``optax.inject_hyperparams``, so the learning rate in force lives in the
+optimiser state (``opt_state.hyperparams['learning_rate']``): the plateau rule rewrites it there and
+the Adam moments carry on, as the reference's write into the PyTorch param groups does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+
+def decay_mask(params: Any) -> Any:
+    """True for the leaves weight decay applies to: kernels only (no biases, no BatchNorm scale/bias)."""
+
+    def is_kernel(path: tuple[Any, ...], _: Any) -> bool:
+        name = getattr(path[-1], "key", str(path[-1]))
+        return "kernel" in str(name)
+
+    return jax.tree_util.tree_map_with_path(is_kernel, params)
+
+
+def base_learning_rate(optim: ml_collections.ConfigDict, global_batch_size: int) -> float:
+    """``optim.learning_rate``, scaled by ``global_batch_size / lr_batch_reference`` when that is > 0."""
+    lr = float(optim.learning_rate)
+    if optim.lr_batch_reference > 0:
+        lr *= global_batch_size / optim.lr_batch_reference
+    return lr
+
+
+def create_schedule(
+    schedule: ml_collections.ConfigDict, base_lr: float, steps_per_epoch: int, num_epochs: int
+) -> optax.Schedule:
+    """The learning rate as a function of the optimiser step.
+
+    'constant'; 'step': ``base_lr * gamma ** (epoch // step_epochs)`` (PyTorch StepLR stepped per
+    epoch); 'warmup_cosine': linear from 0 over ``warmup_epochs``, then cosine down to
+    ``final_lr_fraction * base_lr`` at the end of ``num_epochs``.
+    """
+    if schedule.name == "constant":
+        return optax.constant_schedule(base_lr)
+    if schedule.name == "step":
+        every = schedule.step_epochs * steps_per_epoch
+        return optax.exponential_decay(base_lr, every, schedule.gamma, staircase=True)
+    if schedule.name == "warmup_cosine":
+        total = max(num_epochs * steps_per_epoch, 1)
+        warmup = min(int(round(schedule.warmup_epochs * steps_per_epoch)), total - 1)
+        return optax.warmup_cosine_decay_schedule(
+            0.0, base_lr, warmup, total, end_value=schedule.final_lr_fraction * base_lr
+        )
+    raise ValueError(f"config.schedule.name = {schedule.name!r}: use 'constant', 'step' or 'warmup_cosine'.")
+
+
+def create_optimizer(
+    optim: ml_collections.ConfigDict, learning_rate: float | optax.Schedule
+) -> optax.GradientTransformation:
+    """SGD (momentum, Nesterov), Adam or AdamW with weight decay masked to kernels.
+
+    SGD and Adam add ``weight_decay * param`` to the gradient (PyTorch's ``weight_decay``); AdamW
+    decouples it. The learning rate is an injected hyperparameter.
+    """
+    wd = float(optim.weight_decay)
+
+    def make(learning_rate: Any) -> optax.GradientTransformation:
+        if optim.name == "adamw":
+            return optax.adamw(
+                learning_rate, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=wd, mask=decay_mask
+            )
+        if optim.name == "sgd":
+            core = optax.sgd(learning_rate, momentum=optim.momentum or None, nesterov=optim.nesterov)
+        elif optim.name == "adam":
+            core = optax.adam(learning_rate, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+        else:
+            raise ValueError(f"config.optim.name = {optim.name!r}: use 'sgd', 'adam' or 'adamw'.")
+        if wd > 0:
+            return optax.chain(optax.add_decayed_weights(wd, mask=decay_mask), core)
+        return core
+
+    return optax.inject_hyperparams(make)(learning_rate=learning_rate)
+
+
+def current_learning_rate(opt_state: Any) -> jax.Array:
+    """The learning rate the next update uses, read from an ``inject_hyperparams`` state."""
+    return opt_state.hyperparams["learning_rate"]
+
+
+def set_learning_rate(opt_state: Any, lr: float) -> Any:
+    """A copy of ``opt_state`` whose injected learning rate is ``lr`` (moments untouched)."""
+    old = opt_state.hyperparams["learning_rate"]
+    hyper = dict(opt_state.hyperparams)
+    hyper["learning_rate"] = jnp.asarray(lr, dtype=jnp.asarray(old).dtype)
+    return opt_state._replace(hyperparams=hyper)
+
+
+@dataclasses.dataclass
+class PlateauRule:
+    """lr <- base_lr * U**power (U ~ U(0, 1)) after an epoch that did not beat the best metric.
+
+    As in the reference's VGG-5 / CIFAR scripts: an epoch improves only when strictly better than
+    the best so far. ``state_dict``/``load_state_dict`` make it JSON-checkpointable.
+    """
+
+    base_lr: float
+    power: float
+    seed: int
+    best: float = -float("inf")
+    draws: int = 0
+
+    def update(self, metric: float) -> float | None:
+        """Record an epoch's metric; return the new learning rate, or None when it improved."""
+        if metric > self.best:
+            self.best = float(metric)
+            return None
+        u = np.random.default_rng([self.seed, self.draws]).uniform()
+        self.draws += 1
+        return float(self.base_lr * u**self.power)
+
+    def state_dict(self) -> dict[str, float | int]:
+        return {"best": self.best, "draws": self.draws}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = float(state["best"])
+        self.draws = int(state["draws"])
