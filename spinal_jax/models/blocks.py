@@ -1,0 +1,171 @@
+"""Building blocks shared by the small-input families (MNIST CNN, VGG-5, CIFAR CNN / VGG / ResNet).
+
+Every family model is ``features`` (a backbone submodule) followed by ``head`` (the classifier
+submodule), so that the head's parameters are exactly ``params['head']``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from spinal_jax.layers import Conv, Dense, Initializer, batch_norm, max_pool, torch_kernel_init
+
+Dtype = Any
+M = "M"  # a 2x2 max-pool in a VGG cfg
+
+
+def check_image_shape(
+    x: jax.Array, channels: int, sizes: tuple[int, int], model: str, reason: str = ""
+) -> None:
+    """Raise one ValueError unless ``x`` is ``(B, H, W, channels)`` with ``sizes[0] <= H, W <= sizes[1]``.
+
+    Args:
+      x: the model input.
+      channels: required channel count.
+      sizes: inclusive (min, max) of H and W; equal bounds mean exactly that size.
+      model: the registry name, quoted in the message.
+      reason: why those sizes, appended to the message.
+    """
+    lo, hi = sizes
+    if x.ndim == 4 and x.shape[-1] == channels and all(lo <= s <= hi for s in x.shape[1:3]):
+        return
+    expected = (
+        f"(batch, {lo}, {lo}, {channels})"
+        if lo == hi
+        else f"(batch, H, W, {channels}) with {lo} <= H, W <= {hi}"
+    )
+    why = f" ({reason})" if reason else ""
+    raise ValueError(
+        f"{model} expects NHWC float images of shape {expected}{why}, got shape {tuple(x.shape)}."
+    )
+
+
+class ConvBN(nn.Module):
+    """Conv (PyTorch padding) -> optional BatchNorm -> optional ReLU, children ``conv`` and ``bn``.
+
+    Attributes:
+      features: output channels.
+      kernel_size, strides, padding: as PyTorch's ``Conv2d``.
+      use_bias: conv bias (PyTorch default init).
+      use_bn: BatchNorm (PyTorch momentum/epsilon, scale 1, bias 0) after the conv.
+      relu: ReLU at the end.
+      kernel_init: conv kernel initialiser (default: PyTorch's).
+    Input ``(B, H, W, C_in)``, output ``(B, H', W', features)``.
+    """
+
+    features: int
+    kernel_size: int = 3
+    strides: int = 1
+    padding: int = 1
+    use_bias: bool = True
+    use_bn: bool = True
+    relu: bool = True
+    kernel_init: Initializer = torch_kernel_init
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = Conv(
+            self.features,
+            self.kernel_size,
+            self.strides,
+            padding=self.padding,
+            use_bias=self.use_bias,
+            kernel_init=self.kernel_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="conv",
+        )(x)
+        if self.use_bn:
+            x = batch_norm(
+                train, self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype, name="bn"
+            )(x)
+        return nn.relu(x) if self.relu else x
+
+
+class VGGFeatures(nn.Module):
+    """A VGG feature stack: conv3x3 (pad 1, with bias) -> BN -> ReLU per cfg entry, ``'M'`` = MaxPool 2x2.
+
+    Children ``block_{i}`` (the i-th conv, counting convs only). Input ``(B, H, W, C)``, output
+    ``(B, H // 2**m, W // 2**m, last channels)`` with m the number of ``'M'`` entries.
+    """
+
+    cfg: Sequence[int | str]
+    kernel_init: Initializer = torch_kernel_init
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        index = 0
+        for v in self.cfg:
+            if v == M:
+                x = max_pool(x, 2)
+                continue
+            x = ConvBN(
+                int(v),
+                kernel_init=self.kernel_init,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                bn_axis_name=self.bn_axis_name,
+                name=f"block_{index}",
+            )(x, train)
+            index += 1
+        return x
+
+
+class MLPHead(nn.Module):
+    """A plain fully-connected classifier: per hidden width Dropout -> Dense -> [BN] -> ReLU, then
+    Dropout -> Dense(num_classes).
+
+    Attributes:
+      num_classes: C.
+      hidden: hidden widths, e.g. ``(1024, 512)``.
+      dropout: one rate before each Dense (``len(hidden) + 1`` of them; 0 = no dropout there).
+      use_bn: BatchNorm1d after each hidden Dense.
+      bias_init: Dense bias initialiser (None = PyTorch's).
+    Children ``fc_{i}`` and ``bn_{i}``. Input ``(B, D)``, output ``(B, num_classes)``.
+    """
+
+    num_classes: int
+    hidden: Sequence[int]
+    dropout: Sequence[float]
+    use_bn: bool = False
+    bias_init: Initializer | None = None
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if len(self.dropout) != len(self.hidden) + 1:
+            raise ValueError(
+                f"MLPHead: give one dropout rate per Dense ({len(self.hidden) + 1}), got {len(self.dropout)}."
+            )
+        widths = [*self.hidden, self.num_classes]
+        for i, (width, rate) in enumerate(zip(widths, self.dropout, strict=True)):
+            if rate > 0:
+                x = nn.Dropout(rate, name=f"dropout_{i}")(x, deterministic=not train)
+            x = Dense(
+                width,
+                bias_init=self.bias_init,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=f"fc_{i}",
+            )(x)
+            if i == len(self.hidden):
+                break
+            if self.use_bn:
+                x = batch_norm(
+                    train, self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype, name=f"bn_{i}"
+                )(x)
+            x = nn.relu(x)
+        return x

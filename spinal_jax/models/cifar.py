@@ -1,0 +1,358 @@
+"""The CIFAR-10/100 families of the reference (spec §2.4-2.6): the "CNN_dropout" CNN, VGG-11/13/16/19-BN
+for 32x32 inputs, and the reference's non-standard ResNet-18/34, each with its baseline head or its
+spinal head. Every model is ``features`` (backbone) followed by ``head``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from spinal_jax.layers import Dense, SpinalFC, flatten_channels_first, kaiming_normal_fan_out, max_pool
+from spinal_jax.models.blocks import ConvBN, MLPHead, VGGFeatures, check_image_shape
+from spinal_jax.models.common import check_head
+from spinal_jax.models.registry import register_model
+from spinal_jax.models.vgg import VGG_CONFIGS
+
+Dtype = Any
+INPUT_SHAPE = (32, 32, 3)
+_EXACT_32 = (32, 32)
+
+
+def _small_or_large(num_classes: int, small: int, large: int) -> int:
+    """The reference's width rule: ``small`` for CIFAR-10 (C <= 10), ``large`` for CIFAR-100."""
+    return small if num_classes <= 10 else large
+
+
+# ----------------------------------------------------------------------------------------------
+# CNN_dropout (§2.4)
+
+# (channels, BatchNorm?) of each conv3x3, per stage; every stage ends with a 2x2 max-pool.
+_CNN_STAGES = (((32, True), (64, False)), ((128, True), (128, False)), ((256, True), (256, False)))
+
+
+class CifarCNNFeatures(nn.Module):
+    """conv3x3 pad 1 throughout: [3->32, BN, ReLU, 32->64, ReLU] M [64->128, BN, ReLU, 128->128, ReLU]
+    M Dropout2d(0.05) [128->256, BN, ReLU, 256->256, ReLU] M. ``(B, 32, 32, 3) -> (B, 4, 4, 256)``."""
+
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        for stage, convs in enumerate(_CNN_STAGES):
+            for j, (features, use_bn) in enumerate(convs):
+                x = ConvBN(
+                    features,
+                    use_bn=use_bn,
+                    dtype=self.dtype,
+                    param_dtype=self.param_dtype,
+                    bn_axis_name=self.bn_axis_name,
+                    name=f"block{stage}_{j}",
+                )(x, train)
+            x = max_pool(x, 2)
+            if stage == 1:
+                x = nn.Dropout(0.05, broadcast_dims=(1, 2), name="dropout2d")(x, deterministic=not train)
+        return x
+
+
+class CifarCNN(nn.Module):
+    """The CIFAR "CNN_dropout" with its baseline FC stack or the spinal head on halves of 4096.
+
+    Attributes:
+      num_classes: C.
+      head: 'default' (Dropout(.1) -> 4096->1024 -> ReLU -> 1024->512 -> ReLU -> Dropout(.1) -> 512->C)
+        or 'spinal' (SpinalFC, halves of 2048, k=4, dropout 0.1 before every Linear, no BN).
+      spinal_width: w; None = the reference's 128 for C <= 10, 256 otherwise.
+      spinal_layers, spinal_dropout: k and the spinal head's dropout.
+      dropout_rate: dropout of the baseline head.
+      dtype: compute dtype (None = float32); param_dtype: parameter dtype.
+      bn_axis_name: pmap axis over which BatchNorm statistics are averaged in training.
+    Input ``(B, 32, 32, 3)`` float images; output float32 logits ``(B, C)``.
+    """
+
+    num_classes: int = 10
+    head: str = "spinal"
+    spinal_width: int | None = None
+    spinal_layers: int = 4
+    spinal_dropout: float = 0.1
+    dropout_rate: float = 0.1
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        check_head(self.head, "cifar_cnn")
+        check_image_shape(x, 3, _EXACT_32, "cifar_cnn", "its heads read the 256x4x4 map of 32x32 images")
+        x = CifarCNNFeatures(self.dtype, self.param_dtype, self.bn_axis_name, name="features")(x, train)
+        x = flatten_channels_first(x)  # (B, 4096), PyTorch order: the first half is channels 0..127
+        if self.head == "spinal":
+            width = self.spinal_width or _small_or_large(self.num_classes, 128, 256)
+            x = SpinalFC(
+                width,
+                self.num_classes,
+                num_layers=self.spinal_layers,
+                dropout_rate=self.spinal_dropout,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="head",
+            )(x, train)
+        else:
+            rate = self.dropout_rate
+            x = MLPHead(
+                self.num_classes,
+                hidden=(1024, 512),
+                dropout=(rate, 0.0, rate),
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="head",
+            )(x, train)
+        return x.astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# VGG-BN for 32x32 (§2.5)
+
+
+class CifarVGG(nn.Module):
+    """VGG-BN for 32x32 images (cfgs A/B/D/E; conv3x3 pad 1 with bias + BN + ReLU, PyTorch default init),
+    512x1x1 features, with the reference's baseline classifier or its spinal head.
+
+    Attributes:
+      cfg: channel counts and 'M' pools (``spinal_jax.models.vgg.VGG_CONFIGS``).
+      num_classes: C.
+      head: 'default' (512->4096 -> ReLU -> Dropout -> 4096->4096 -> ReLU -> Dropout -> 4096->C) or
+        'spinal' (SpinalFC on halves of 512, k=4, w=512, dropout 0.5 before every Linear, no BN).
+      spinal_width, spinal_layers, spinal_dropout: the spinal head's settings.
+      dropout_rate: dropout of the baseline head.
+      dtype: compute dtype (None = float32); param_dtype: parameter dtype.
+      bn_axis_name: pmap axis over which BatchNorm statistics are averaged in training.
+    Input ``(B, H, W, 3)`` float images with 32 <= H, W <= 63 (the five pools must leave 1x1); output
+    float32 logits ``(B, C)``.
+    """
+
+    cfg: Sequence[int | str] = VGG_CONFIGS["vgg19_bn"]
+    num_classes: int = 10
+    head: str = "spinal"
+    spinal_width: int = 512
+    spinal_layers: int = 4
+    spinal_dropout: float = 0.5
+    dropout_rate: float = 0.5
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        label = f"cifar_vgg{sum(v != 'M' for v in self.cfg) + 3}_bn"
+        check_head(self.head, label)
+        check_image_shape(x, 3, (32, 63), label, "the backbone must reduce them to 512x1x1")
+        x = VGGFeatures(
+            self.cfg,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            bn_axis_name=self.bn_axis_name,
+            name="features",
+        )(x, train)
+        x = flatten_channels_first(x)  # (B, 512)
+        if self.head == "spinal":
+            x = SpinalFC(
+                self.spinal_width,
+                self.num_classes,
+                num_layers=self.spinal_layers,
+                dropout_rate=self.spinal_dropout,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="head",
+            )(x, train)
+        else:
+            rate = self.dropout_rate
+            x = MLPHead(
+                self.num_classes,
+                hidden=(4096, 4096),
+                dropout=(0.0, rate, rate),
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="head",
+            )(x, train)
+        return x.astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# The reference's CIFAR ResNet (§2.6)
+
+
+class CifarBasicBlock(nn.Module):
+    """conv3x3 -> BN -> ReLU -> conv3x3 -> BN, plus the residual, with **no** ReLU after the addition.
+    The residual is downsampled by a 3x3 stride conv (no bias) + BN when the shape changes.
+    Input ``(B, H, W, C_in)``, output ``(B, H / strides, W / strides, features)``."""
+
+    features: int
+    strides: int = 1
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        def conv_bn(strides: int, relu: bool, name: str) -> ConvBN:
+            return ConvBN(
+                self.features,
+                strides=strides,
+                use_bias=False,
+                relu=relu,
+                kernel_init=kaiming_normal_fan_out,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                bn_axis_name=self.bn_axis_name,
+                name=name,
+            )
+
+        y = conv_bn(self.strides, True, "conv1")(x, train)
+        y = conv_bn(1, False, "conv2")(y, train)
+        if self.strides != 1 or x.shape[-1] != self.features:
+            x = conv_bn(self.strides, False, "downsample")(x, train)
+        return y + x
+
+
+class CifarResNetFeatures(nn.Module):
+    """Stem conv3x3 (3->32, no bias) -> BN -> ReLU -> Dropout2d(0.02), then stages of
+    :class:`CifarBasicBlock` with 32, 64, 128, 256 channels (strides 1, 2, 2, 2).
+    ``(B, 32, 32, 3) -> (B, 4, 4, 256)``."""
+
+    stage_sizes: Sequence[int]
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if len(self.stage_sizes) != 4:
+            raise ValueError(
+                f"CIFAR ResNet: give 4 stage sizes (blocks per stage), got {tuple(self.stage_sizes)}."
+            )
+        x = ConvBN(
+            32,
+            use_bias=False,
+            kernel_init=kaiming_normal_fan_out,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            bn_axis_name=self.bn_axis_name,
+            name="stem",
+        )(x, train)
+        x = nn.Dropout(0.02, broadcast_dims=(1, 2), name="dropout2d")(x, deterministic=not train)
+        for i, (width, blocks) in enumerate(zip((32, 64, 128, 256), self.stage_sizes, strict=True)):
+            for j in range(blocks):
+                x = CifarBasicBlock(
+                    width,
+                    2 if (i > 0 and j == 0) else 1,
+                    self.dtype,
+                    self.param_dtype,
+                    self.bn_axis_name,
+                    name=f"stage{i + 1}_{j}",
+                )(x, train)
+        return x
+
+
+class CifarResNet(nn.Module):
+    """The reference's CIFAR ResNet-18/34 with its Linear head or the spatial spinal head.
+
+    Attributes:
+      stage_sizes: blocks per stage, (2, 2, 2, 2) for ResNet-18, (3, 4, 6, 3) for ResNet-34.
+      num_classes: C.
+      head: 'default' (MaxPool(4, stride 1) -> 256 -> Linear(256->C)) or 'spinal' (MaxPool(2, 2) ->
+        256x2x2 -> SpinalFC reading one spatial position per sub-layer, (0,0), (0,1), (1,0), (1,1),
+        no dropout or BN).
+      spinal_width: w; None = the reference's 256 for C <= 10, 512 otherwise.
+      dtype: compute dtype (None = float32); param_dtype: parameter dtype.
+      bn_axis_name: pmap axis over which BatchNorm statistics are averaged in training.
+    Init: convs He normal fan_out, BN 1/0, Linear kernels PyTorch's default with zero biases (the
+    spinal head's readout bias is zero too; its sub-layer biases keep PyTorch's default, as SpinalFC
+    does not expose their initialiser). Input ``(B, 32, 32, 3)``; output float32 logits ``(B, C)``.
+    """
+
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+    num_classes: int = 10
+    head: str = "spinal"
+    spinal_width: int | None = None
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        label = f"cifar_resnet{2 * sum(self.stage_sizes) + 2}"
+        check_head(self.head, label)
+        check_image_shape(x, 3, _EXACT_32, label, "its heads read the 256x4x4 map of 32x32 images")
+        x = CifarResNetFeatures(
+            self.stage_sizes, self.dtype, self.param_dtype, self.bn_axis_name, name="features"
+        )(x, train)
+        if self.head == "spinal":
+            width = self.spinal_width or _small_or_large(self.num_classes, 256, 512)
+            x = SpinalFC(
+                width,
+                self.num_classes,
+                num_layers=4,
+                spatial=True,
+                readout_bias_init=nn.initializers.zeros,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="head",
+            )(max_pool(x, 2, 2), train)
+        else:
+            x = flatten_channels_first(max_pool(x, 4, 1))  # (B, 256)
+            x = Dense(
+                self.num_classes,
+                bias_init=nn.initializers.zeros,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="head",
+            )(x)
+        return x.astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Registration
+
+_C10 = dict(input_shape=INPUT_SHAPE, num_classes=10)
+
+
+@register_model(
+    "cifar_cnn", description="CIFAR CNN_dropout (6 convs, 4096 features); spinal k=4, w=128/256", **_C10
+)
+def cifar_cnn(num_classes: int, head: str, **overrides: Any) -> CifarCNN:
+    return CifarCNN(num_classes=num_classes, head=head, **overrides)
+
+
+def _register_vgg(depth: int) -> None:
+    cfg = VGG_CONFIGS[f"vgg{depth}_bn"]
+
+    @register_model(
+        f"cifar_vgg{depth}_bn",
+        description=f"VGG-{depth}-BN for 32x32 (512 features); spinal k=4, w=512, dropout 0.5",
+        **_C10,
+    )
+    def build(num_classes: int, head: str, **overrides: Any) -> CifarVGG:
+        return CifarVGG(**{"cfg": cfg, **overrides}, num_classes=num_classes, head=head)
+
+
+def _register_resnet(depth: int, stage_sizes: tuple[int, ...]) -> None:
+    @register_model(
+        f"cifar_resnet{depth}",
+        description=f"the reference's CIFAR ResNet-{depth} (256x4x4); spatial spinal head, w=256/512",
+        **_C10,
+    )
+    def build(num_classes: int, head: str, **overrides: Any) -> CifarResNet:
+        return CifarResNet(**{"stage_sizes": stage_sizes, **overrides}, num_classes=num_classes, head=head)
+
+
+for _depth in (11, 13, 16, 19):
+    _register_vgg(_depth)
+_register_resnet(18, (2, 2, 2, 2))
+_register_resnet(34, (3, 4, 6, 3))
