@@ -28,7 +28,8 @@ def data_config(dataset: str, **fields: Any) -> ml_collections.ConfigDict:
     """
     from spinal_jax.data import default_data_config
 
-    cfg = default_data_config(dataset)
+    cfg = default_data_config()
+    cfg.name = dataset
     with cfg.unlocked():
         for key, value in fields.items():
             if key not in cfg:

@@ -11,7 +11,6 @@ import dataclasses
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -92,10 +91,13 @@ def current_learning_rate(opt_state: Any) -> jax.Array:
 
 
 def set_learning_rate(opt_state: Any, lr: float) -> Any:
-    """A copy of ``opt_state`` whose injected learning rate is ``lr`` (moments untouched)."""
+    """A copy of ``opt_state`` whose injected learning rate is ``lr`` (moments untouched).
+
+    Works on a replicated state too (the rate keeps its leading device axis).
+    """
     old = opt_state.hyperparams["learning_rate"]
     hyper = dict(opt_state.hyperparams)
-    hyper["learning_rate"] = jnp.asarray(lr, dtype=jnp.asarray(old).dtype)
+    hyper["learning_rate"] = np.full(np.shape(old), lr, dtype=np.asarray(old).dtype)
     return opt_state._replace(hyperparams=hyper)
 
 

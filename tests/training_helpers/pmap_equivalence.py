@@ -56,7 +56,8 @@ assert int(got.step) == STEPS
 for leaf in jax.tree.leaves(p_state.params):
     chex.assert_trees_all_equal(*[np.asarray(leaf[d]) for d in range(N)])
 # The parameters moved: a step that did nothing would also pass the equalities above.
-moved = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(par_state.params)))
+pairs = zip(jax.tree.leaves(got.params), jax.tree.leaves(par_state.params), strict=True)
+moved = max(float(np.abs(a - b).max()) for a, b in pairs)
 assert moved > 1e-4, moved
 
 # Eval sums with a partial mask: only the masked examples count.
@@ -64,7 +65,9 @@ mask = np.zeros(N * PER_DEVICE, bool)
 mask[: N * PER_DEVICE - 3] = True
 batch = {"image": images[: N * PER_DEVICE], "label": labels[: N * PER_DEVICE], "mask": mask}
 ref_sums = jax.jit(lambda s, b: steps.eval_step(s, b, axis_name=None))(ref_state, batch)
-p_sums = steps.pmap_eval_step()(p_state, jax.tree.map(lambda x: x.reshape(N, PER_DEVICE, *x.shape[1:]), batch))
+p_sums = steps.pmap_eval_step()(
+    p_state, jax.tree.map(lambda x: x.reshape(N, PER_DEVICE, *x.shape[1:]), batch)
+)
 assert float(p_sums["count"][0]) == N * PER_DEVICE - 3
 chex.assert_trees_all_close(jax.tree.map(lambda x: x[0], p_sums), ref_sums, rtol=1e-5)
 print("OK pmap equivalence on", N, "devices")

@@ -1,0 +1,103 @@
+"""What a run records: JSON lines, TensorBoard event files (tensorboardX), a learning-curve PNG, a summary.
+
+Only the process that owns the writer (process 0 in a multi-process run) writes anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+class MetricWriter:
+    """Appends ``{"step", "kind", ...metrics}`` lines to ``metrics.jsonl`` and scalars to ``tb/``.
+
+    Args:
+      workdir: the run's directory.
+      enabled: False on processes other than 0: every method is then a no-op.
+    """
+
+    def __init__(self, workdir: str | Path, enabled: bool = True):
+        self.enabled = enabled
+        self.workdir = Path(workdir)
+        self._tb = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.workdir / "tb"))
+            self._jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+
+    def write(self, step: int, kind: str, metrics: dict[str, float]) -> None:
+        """Record ``metrics`` (floats) of ``kind`` ('train', 'validation', 'test', 'epoch') at ``step``."""
+        if not self.enabled:
+            return
+        row = {"step": int(step), "kind": kind, **{k: _json_float(v) for k, v in metrics.items()}}
+        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.flush()
+        for name, value in metrics.items():
+            if isinstance(value, int | float) and math.isfinite(value):
+                self._tb.add_scalar(f"{kind}/{name}", value, step)
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            self._tb.close()
+
+
+def _json_float(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Both reporting protocols over per-epoch records ``{'epoch', 'validation_accuracy', 'test_accuracy'}``.
+
+    * ``test_at_best_validation``: test accuracy of the (first) epoch with the best validation accuracy;
+    * ``max_test_over_epochs``: the paper's protocol, the best test accuracy of any epoch.
+    Accuracies are fractions in [0, 1]; a protocol whose split was not evaluated is None.
+    """
+    summary: dict[str, Any] = {"epochs": len(history)}
+    with_val = [h for h in history if h.get("validation_accuracy") is not None]
+    with_test = [h for h in history if h.get("test_accuracy") is not None]
+    if with_val:
+        best = max(with_val, key=lambda h: h["validation_accuracy"])  # max keeps the first of ties
+        summary.update(
+            best_epoch=best["epoch"],
+            best_validation_accuracy=best["validation_accuracy"],
+            test_at_best_validation=best.get("test_accuracy"),
+        )
+    if with_test:
+        top = max(with_test, key=lambda h: h["test_accuracy"])
+        summary.update(max_test_over_epochs=top["test_accuracy"], max_test_epoch=top["epoch"])
+    return summary
+
+
+def plot_learning_curves(history: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
+    """Loss and accuracy per epoch (train, validation, test) into a PNG at ``path`` (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for split in ("train", "validation", "test"):
+        for ax, metric in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+            values = [h.get(f"{split}_{metric}") for h in history]
+            points = [(e, v) for e, v in zip(epochs, values, strict=True) if v is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=split)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
