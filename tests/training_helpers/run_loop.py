@@ -23,7 +23,7 @@ from tests.training_helpers.tiny_model import TinyBNNet
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO)
+    logging.basicConfig(level=logging.INFO, force=True)
     workdir = sys.argv[1]
     args = dict(a.split("=", 1) for a in sys.argv[2:])
     get = lambda k, d: type(d)(args.get(k, d))  # noqa: E731
