@@ -1,0 +1,115 @@
+"""The data config: every field with its default, validation, and path resolution."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from spinal_jax.data.catalog import DATASETS, POLICIES, get_dataset_spec
+
+QUICKDRAW_SHARED_CLASSES = ("apple", "bicycle", "cat", "diamond", "eye", "fish")
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """Every data field with its default; empty strings / tuples and 0 mean "the data set's reference"."""
+    c = ml_collections.ConfigDict()
+    c.name = "mnist"
+    c.data_dir = ""  # prepared tfds data; '' -> $SPINAL_TFDS_DIR, $TFDS_DATA_DIR or ~/tensorflow_datasets
+    c.manual_dir = (
+        ""  # original files; '' -> <shared>/data/<folder> where one exists, else <data_dir>/downloads/manual
+    )
+    c.batch_size = 128  # global train batch, over all devices of all processes
+    c.eval_batch_size = 1000  # global eval batch
+    c.validation_fraction = 0.1  # carved from train where the data set has no validation split
+    c.augment = "reference"  # 'reference' | 'none'
+    c.augment_policy = ""  # '' -> the data set's reference policy; else one of catalog.POLICIES
+    c.augment_on = "host"  # 'host' (grain workers) | 'device' (pipe.device_augment inside the train step)
+    c.seed = 0
+    c.image_size = 0  # 0 -> native size (ImageNet: 224); else train crops / eval resizes to this square size
+    c.mean = ()  # per-channel mean of [0, 1] images; () -> the data set's reference value
+    c.std = ()
+    c.classes = QUICKDRAW_SHARED_CLASSES  # quickdraw: class files <class>.npy to use, in label order
+    c.per_class_cap = 0  # quickdraw: use at most this many rows per class (0: all)
+    c.validation_per_class = 250  # quickdraw: held-out rows per class for validation
+    c.test_per_class = 500  # quickdraw: held-out rows per class for test
+    c.num_workers = 0  # grain worker processes (0: read and augment in threads of this process)
+    c.num_threads = 4  # grain reader threads per process (or per worker)
+    c.prefetch = 8  # batches prefetched by the train and eval iterators (>= num_threads)
+    c.prepare = True  # prepare the tfds data set when not yet prepared
+    return c
+
+
+_CHOICES = {"augment": ("reference", "none"), "augment_on": ("host", "device")}
+
+
+def shared_dir() -> Path:
+    """``$SPINAL_SHARED`` or ``<repo>/../shared``."""
+    env = os.environ.get("SPINAL_SHARED")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2].parent / "shared"
+
+
+def validate_data_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Return a complete, checked copy of ``config``; a ValueError names any unknown field or bad value."""
+    given = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+    c = default_data_config()
+    for key, value in given.items():
+        if key not in c:
+            raise ValueError(f"data.{key}: unknown data config field; known fields: {sorted(c.keys())}.")
+        c[key] = tuple(value) if isinstance(value, list) else value
+    get_dataset_spec(c.name)
+    for key, choices in _CHOICES.items():
+        if c[key] not in choices:
+            raise ValueError(f"data.{key}: {c[key]!r} is not one of {choices}.")
+    if c.augment_policy and c.augment_policy not in POLICIES:
+        raise ValueError(f"data.augment_policy: {c.augment_policy!r} is not '' or one of {POLICIES}.")
+    for key in ("batch_size", "eval_batch_size"):
+        if not isinstance(c[key], int) or c[key] < 1:
+            raise ValueError(f"data.{key}: must be a positive integer, got {c[key]!r}.")
+    if not 0.0 <= c.validation_fraction < 1.0:
+        raise ValueError(f"data.validation_fraction: must be in [0, 1), got {c.validation_fraction}.")
+    for key in ("image_size", "per_class_cap", "num_workers", "validation_per_class", "test_per_class"):
+        if c[key] < 0:
+            raise ValueError(f"data.{key}: must be >= 0, got {c[key]}.")
+    if len(c.mean) != len(c.std):
+        raise ValueError(
+            f"data.mean / data.std: give both or neither, with one value per channel "
+            f"(got {len(c.mean)} and {len(c.std)} values)."
+        )
+    if any(s <= 0 for s in c.std):
+        raise ValueError(f"data.std: every value must be > 0, got {c.std}.")
+    if c.name == "quickdraw":
+        if not c.classes or len(set(c.classes)) != len(c.classes):
+            raise ValueError(
+                f"data.classes: give a non-empty list of distinct Quick Draw classes, got {c.classes}."
+            )
+    return c
+
+
+def resolve_data_dir(config: ml_collections.ConfigDict) -> Path:
+    """Where prepared tfds data sets live."""
+    if config.data_dir:
+        return Path(config.data_dir).expanduser()
+    env = os.environ.get("SPINAL_TFDS_DIR") or os.environ.get("TFDS_DATA_DIR")
+    return Path(env).expanduser() if env else Path("~/tensorflow_datasets").expanduser()
+
+
+_SHARED_FOLDERS = {"mnist": "mnist", "quickdraw": "quickdraw_bitmap", "image_folder": "cifar10_jpeg"}
+
+
+def resolve_manual_dir(config: ml_collections.ConfigDict) -> Path:
+    """Where the original files of the data set are expected."""
+    if config.manual_dir:
+        return Path(config.manual_dir).expanduser()
+    if config.name in _SHARED_FOLDERS:
+        return shared_dir() / "data" / _SHARED_FOLDERS[config.name]
+    return resolve_data_dir(config) / "downloads" / "manual" / config.name.replace("/", "_")
+
+
+def known_dataset_names() -> list[str]:
+    return sorted(DATASETS)

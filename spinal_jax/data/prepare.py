@@ -1,0 +1,107 @@
+"""Find or prepare a data set in tfds ArrayRecord format, with one clear error when files are missing.
+
+Stock tfds builders (mnist, cifar10, ...) need TensorFlow to prepare; it is imported here, lazily, and
+only when a data set is not yet prepared. Our own builders (Quick Draw, image folders) prepare without it.
+Reading a prepared data set never needs TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+import tensorflow_datasets as tfds
+
+from spinal_jax.data.catalog import DatasetSpec, get_dataset_spec
+from spinal_jax.data.config import resolve_data_dir, resolve_manual_dir
+
+
+class DataPreparationError(ValueError):
+    """A data set cannot be found or prepared; the message names the files and where to put them."""
+
+
+def make_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+    """The tfds builder of ``config.name`` over ``data_dir`` (prepared or not)."""
+    spec = get_dataset_spec(config.name)
+    data_dir = str(resolve_data_dir(config))
+    if spec.kind == "quickdraw":
+        from spinal_jax.data.quickdraw_builder import QuickdrawSubset, quickdraw_config
+
+        cfg = quickdraw_config(
+            tuple(config.classes), config.per_class_cap, config.validation_per_class, config.test_per_class
+        )
+        return QuickdrawSubset(config=cfg, data_dir=data_dir, file_format="array_record")
+    if spec.kind == "image_folder":
+        from spinal_jax.data.image_folder_builder import SpinalImageFolder, image_folder_config
+
+        cfg = image_folder_config(resolve_manual_dir(config))
+        return SpinalImageFolder(config=cfg, data_dir=data_dir, file_format="array_record")
+    return tfds.builder(spec.tfds_name, data_dir=data_dir, file_format="array_record")
+
+
+def is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
+    return (Path(builder.data_dir) / "dataset_info.json").exists()
+
+
+def expected_files(config: ml_collections.ConfigDict, spec: DatasetSpec) -> tuple[str, ...]:
+    if spec.kind == "quickdraw":
+        return tuple(f"{c}.npy" for c in config.classes)
+    return spec.manual_files
+
+
+def _missing_message(config: ml_collections.ConfigDict, spec: DatasetSpec, manual: Path, missing) -> str:
+    if spec.kind == "image_folder":
+        what = "a train/<class>/*.jpg and test/<class>/*.jpg tree, or .tar.gz archives of such trees"
+    else:
+        what = ", ".join(expected_files(config, spec))
+    return (
+        f"Data set {config.name!r} is not prepared in {resolve_data_dir(config)} and its original files are "
+        f"missing: {', '.join(missing)}. Put {what} in {manual} (or set data.manual_dir to the folder holding"
+        f" them; source: {spec.source}), then run again with data.prepare=True."
+    )
+
+
+def check_manual_files(config: ml_collections.ConfigDict, spec: DatasetSpec, manual: Path) -> None:
+    """Raise :class:`DataPreparationError` unless the manual dir holds every original file."""
+    if spec.kind == "image_folder":
+        from spinal_jax.data.image_folder_builder import scan
+
+        if not manual.is_dir() or "train" not in scan(manual):
+            raise DataPreparationError(_missing_message(config, spec, manual, [f"{manual}/train/<class>/*"]))
+        return
+    missing = [f for f in expected_files(config, spec) if not (manual / f).exists()]
+    if missing:
+        raise DataPreparationError(_missing_message(config, spec, manual, missing))
+
+
+def prepare_dataset(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+    """Return the builder of ``config.name``, prepared (from the manual dir) if it was not yet."""
+    spec = get_dataset_spec(config.name)
+    builder = make_builder(config)
+    if is_prepared(builder):
+        return builder
+    manual = resolve_manual_dir(config)
+    if not config.prepare:
+        raise DataPreparationError(
+            f"Data set {config.name!r} is not prepared in {resolve_data_dir(config)} and data.prepare=False. "
+            f"Set data.prepare=True (original files expected in {manual}) or point data.data_dir at a "
+            f"prepared copy."
+        )
+    check_manual_files(config, spec, manual)
+    if spec.kind == "stock" and importlib.util.find_spec("tensorflow") is None:
+        raise DataPreparationError(
+            f"Preparing the stock tfds data set {config.name!r} needs TensorFlow: pip install "
+            f"'spinal_jax[prepare]' on a machine with it, prepare there, then copy"
+            f" {resolve_data_dir(config)} here. Training itself does not need TensorFlow."
+        )
+    tfds.disable_progress_bar()
+    try:
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+    except tfds.download.NonMatchingChecksumError as err:
+        raise DataPreparationError(
+            f"Data set {config.name!r}: a file in {manual} has the wrong size or checksum (tfds: {err}). "
+            f"Replace it with the original release file ({', '.join(expected_files(config, spec))}; "
+            f"source: {spec.source})."
+        ) from err
+    return builder
