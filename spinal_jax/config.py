@@ -15,6 +15,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "warmup_cosine")
 DTYPES = ("float32", "bfloat16")
 MONITORS = ("validation", "test")
+PLATEAU_MODES = ("random", "divide")
 HEADS = ("default", "spinal")
 
 # Fields that may differ between a workdir's stored config and a resumed run without refusing it.
@@ -72,10 +73,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.schedule.final_lr_fraction = 0.0
 
     # The reference's "random restart on plateau": after an epoch whose monitored accuracy did not
-    # beat the best so far, lr <- learning_rate * U**power, U ~ U(0, 1).
+    # beat the best so far, lr <- learning_rate * U**power, U ~ U(0, 1) (or lr / factor, CIFAR-100 CNN).
     c.plateau = ml_collections.ConfigDict()
     c.plateau.enabled = False
+    c.plateau.mode = "random"  # 'random': lr <- learning_rate * U**power; 'divide': lr <- lr / factor
     c.plateau.power = 3.0
+    c.plateau.factor = 3.0
     c.plateau.monitor = "validation"  # 'validation' | 'test' (test = the reference's protocol)
 
     c.log_every_steps = 50
@@ -109,6 +112,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_choice(config.schedule.name, "schedule.name", SCHEDULES)
     _check_choice(config.dtype, "dtype", DTYPES)
     _check_choice(config.plateau.monitor, "plateau.monitor", MONITORS)
+    _check_choice(config.plateau.mode, "plateau.mode", PLATEAU_MODES)
+    _check_positive(config.plateau.factor, "plateau.factor")
     _check_positive(config.num_epochs, "num_epochs")
     _check_positive(config.optim.learning_rate, "optim.learning_rate")
     _check_positive(config.optim.weight_decay, "optim.weight_decay", allow_zero=True)
@@ -131,3 +136,46 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             "config.plateau.enabled sets the learning rate itself: use it with schedule.name='constant', "
             f"not {config.schedule.name!r}."
         )
+
+
+def parse_arg(
+    arg: str | None, default_dataset: str, default_head: str, datasets: tuple[str, ...]
+) -> tuple[str, str]:
+    """``'DATASET'``, ``'HEAD'`` or ``'DATASET,HEAD'`` (the ``configs/x.py:ARG`` suffix) -> (dataset, head).
+
+    ``_`` may stand for ``/`` in data set names (``emnist_letters`` = ``emnist/letters``).
+    """
+    dataset, head = default_dataset, default_head
+    for token in filter(None, (t.strip() for t in (arg or "").split(","))):
+        if token in HEADS:
+            head = token
+        elif token in datasets or token.replace("_", "/", 1) in datasets:
+            dataset = token if token in datasets else token.replace("_", "/", 1)
+        else:
+            raise ValueError(
+                f"Config argument {token!r} is neither a head {HEADS} nor a data set {datasets}."
+            )
+    return dataset, head
+
+
+def imagenet_config(model: str, head: str) -> ml_collections.ConfigDict:
+    """The standard ImageNet ResNet recipe: SGD Nesterov 0.9, lr 0.1 x batch/256, 5 warm-up epochs then
+    cosine, weight decay 1e-4 on kernels only, 90 epochs, global batch 1024, bfloat16 compute."""
+    c = base_config()
+    c.model.name = model
+    c.model.head = head
+    c.data = data_config("imagenet2012", batch_size=1024, eval_batch_size=1024)
+    c.num_epochs = 90
+    c.dtype = "bfloat16"
+    c.label_smoothing = 0.0  # optional: 0.1 is the common choice
+    c.optim.name = "sgd"
+    c.optim.learning_rate = 0.1
+    c.optim.lr_batch_reference = 256
+    c.optim.momentum = 0.9
+    c.optim.nesterov = True
+    c.optim.weight_decay = 1e-4
+    c.schedule.name = "warmup_cosine"
+    c.schedule.warmup_epochs = 5.0
+    c.log_every_steps = 100
+    c.checkpoint_every_steps = 2000
+    return c

@@ -103,23 +103,29 @@ def set_learning_rate(opt_state: Any, lr: float) -> Any:
 
 @dataclasses.dataclass
 class PlateauRule:
-    """lr <- base_lr * U**power (U ~ U(0, 1)) after an epoch that did not beat the best metric.
+    """After an epoch that did not beat the best metric: lr <- base_lr * U**power, U ~ U(0, 1)
+    (``mode='random'``, the reference's VGG-5 / CIFAR VGG / ResNet scripts) or lr <- lr / factor
+    (``mode='divide'``, its CIFAR-100 CNN script).
 
-    As in the reference's VGG-5 / CIFAR scripts: an epoch improves only when strictly better than
-    the best so far. ``state_dict``/``load_state_dict`` make it JSON-checkpointable.
+    An epoch improves only when strictly better than the best so far. ``state_dict`` /
+    ``load_state_dict`` make it JSON-checkpointable; U is a pure function of (seed, draw number).
     """
 
     base_lr: float
     power: float
     seed: int
+    mode: str = "random"
+    factor: float = 3.0
     best: float = -float("inf")
     draws: int = 0
 
-    def update(self, metric: float) -> float | None:
+    def update(self, metric: float, current_lr: float) -> float | None:
         """Record an epoch's metric; return the new learning rate, or None when it improved."""
         if metric > self.best:
             self.best = float(metric)
             return None
+        if self.mode == "divide":
+            return float(current_lr / self.factor)
         u = np.random.default_rng([self.seed, self.draws]).uniform()
         self.draws += 1
         return float(self.base_lr * u**self.power)

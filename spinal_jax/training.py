@@ -192,7 +192,9 @@ def train_and_evaluate(
 
     ckpt = checkpoints.Checkpoints(workdir, keep=config.keep_checkpoints, use_async=config.async_checkpoints)
     train_iter = pipe.train_iterator()
-    plateau = optim.PlateauRule(base_lr, config.plateau.power, config.seed)
+    plateau = optim.PlateauRule(
+        base_lr, config.plateau.power, config.seed, mode=config.plateau.mode, factor=config.plateau.factor
+    )
     loop: dict[str, Any] = {"step": 0, "history": [], "best_validation": None, "epoch_sums": [0.0, 0.0, 0]}
     restored = ckpt.restore(state)
     if restored is not None:
@@ -290,7 +292,7 @@ def train_and_evaluate(
                 raise ValueError(
                     f"config.plateau.monitor={config.plateau.monitor!r} but that split is empty."
                 )
-            new_lr = plateau.update(monitored)
+            new_lr = plateau.update(monitored, record["learning_rate"])
             if new_lr is not None:
                 p_state = p_state.replace(opt_state=optim.set_learning_rate(p_state.opt_state, new_lr))
         val = record.get("validation_accuracy")

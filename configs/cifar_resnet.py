@@ -1,0 +1,25 @@
+"""The reference's CIFAR ResNet (spec §2.6): ResNet-18 on CIFAR-10, ResNet-34 on CIFAR-100:
+``configs/cifar_resnet.py:DATASET[,HEAD]``; HEAD default (pool + Linear 256->C) | spinal (4 spatial
+splits, w=256 / 512).
+
+Recipe: Adam lr 1e-3, batch 200, 160 epochs, pad-4 crop + flip, normalised with CIFAR-100 statistics
+(for CIFAR-10 too), random restart on plateau lr <- 1e-3 * U**5. Measured: (to be filled.)
+"""
+
+from spinal_jax.config import base_config, data_config, parse_arg
+
+CIFAR100_STATS = ((0.507, 0.487, 0.441), (0.267, 0.256, 0.276))
+
+
+def get_config(arg: str | None = None):
+    dataset, head = parse_arg(arg, "cifar10", "spinal", ("cifar10", "cifar100"))
+    c = base_config()
+    c.model.name = "cifar_resnet18" if dataset == "cifar10" else "cifar_resnet34"
+    c.model.head = head
+    c.data = data_config(dataset, batch_size=200, mean=CIFAR100_STATS[0], std=CIFAR100_STATS[1])
+    c.num_epochs = 160
+    c.optim.name = "adam"
+    c.optim.learning_rate = 1e-3
+    c.plateau.enabled = True
+    c.plateau.power = 5.0
+    return c

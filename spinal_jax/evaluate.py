@@ -1,0 +1,68 @@
+"""Re-evaluate a workdir's best (or latest) checkpoint: ``python -m spinal_jax.evaluate --workdir DIR
+--split test``. Prints accuracy (top-1, top-5), mean loss and the example count as JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+from flax import jax_utils
+
+from spinal_jax import checkpoints, optim, steps, training
+
+
+def evaluate_workdir(
+    workdir: str | Path, split: str = "test", which: str = "best", pipeline: Any = None, model: Any = None
+) -> dict[str, Any]:
+    """Evaluate ``which`` ('best' | 'latest') checkpoint of ``workdir`` on every example of ``split``.
+
+    The run's ``config.json`` rebuilds its data pipeline and model (unless given).
+    """
+    workdir = Path(workdir).resolve()
+    config_path = workdir / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{workdir} holds no config.json: is it a spinal_jax training workdir?")
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    if pipeline is None:
+        from spinal_jax.data import create_input_pipeline
+
+        pipeline = create_input_pipeline(config.data)
+    if split not in pipeline.num_examples or pipeline.num_examples[split] == 0:
+        raise ValueError(f"Split {split!r} is empty or unknown; splits: {sorted(pipeline.num_examples)}.")
+    num_classes = config.model.num_classes or pipeline.num_classes
+    if model is None:
+        model = training.create_model(config, num_classes)
+    tx = optim.create_optimizer(config.optim, float(config.optim.learning_rate))
+    template = steps.create_train_state(jax.random.PRNGKey(0), model, pipeline.image_shape, tx)
+    ckpt = checkpoints.Checkpoints(workdir, use_async=False)
+    restored = ckpt.restore(template, which=which)
+    if restored is None and which == "best":
+        restored = ckpt.restore(template, which="latest")
+    ckpt.close()
+    if restored is None:
+        raise FileNotFoundError(f"No readable checkpoint in {workdir}/best or {workdir}/checkpoints.")
+    state, _, _, step = restored
+    result = training.evaluate(steps.pmap_eval_step(), jax_utils.replicate(state), pipeline, split)
+    return {"workdir": str(workdir), "checkpoint_step": step, "split": split, **result}
+
+
+def main() -> None:
+    from absl import app, flags
+
+    flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
+    flags.DEFINE_string("split", "test", "validation | test | train.")
+    flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint.")
+
+    def run(argv: list[str]) -> None:
+        del argv
+        f = flags.FLAGS
+        print(json.dumps(evaluate_workdir(f.workdir, f.split, f.which), indent=2))
+
+    app.run(run)
+
+
+if __name__ == "__main__":
+    main()

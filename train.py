@@ -1,0 +1,55 @@
+"""Train a SpinalNet model: ``python train.py --config configs/<name>.py[:ARG] --workdir DIR``.
+
+Override any field with ``--config.a.b=value`` (unknown fields and wrong types are rejected). A rerun
+with the same workdir resumes from its latest checkpoint. Multi-process: pass ``--coordinator_address
+host:port --num_processes N --process_id i`` to every process (or launch under SLURM / Open MPI).
+"""
+
+from __future__ import annotations
+
+import json
+import logging as std_logging
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Training config file (configs/*.py[:arg]).", lock_config=True
+)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the summary.")
+flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-process runs).")
+flags.DEFINE_integer("num_processes", 0, "Number of processes (multi-process runs).")
+flags.DEFINE_integer("process_id", -1, "Index of this process (multi-process runs).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    # spinal_jax's own messages at INFO; other libraries (Orbax is chatty) at WARNING.
+    logging.set_verbosity(logging.WARNING)
+    handler = std_logging.StreamHandler()
+    handler.setFormatter(std_logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+    package_log = std_logging.getLogger("spinal_jax")
+    package_log.setLevel(std_logging.INFO)
+    package_log.addHandler(handler)
+    package_log.propagate = False
+    from spinal_jax import config as config_lib
+    from spinal_jax import distributed, training
+
+    try:
+        config_lib.validate_config(FLAGS.config)
+    except ValueError as err:
+        sys.exit(f"Invalid config: {err}")
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    try:
+        summary = training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except FloatingPointError as err:
+        sys.exit(f"Training stopped: {err}")
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)
