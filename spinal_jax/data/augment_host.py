@@ -53,27 +53,36 @@ def homography(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.linalg.solve(np.array(rows), dst.reshape(-1))
 
 
+def perspective(image: np.ndarray, endpoints: np.ndarray) -> np.ndarray:
+    """Move the corners of ``image`` to ``endpoints`` ``(4, 2)`` (x, y); bilinear, fill 0."""
+    h, w, c = image.shape
+    # PIL maps output coordinates to input ones: from the moved corners back to the original corners.
+    coeffs = tuple(homography(endpoints, corners(h, w)))
+    out = _to_pil(image).transform(
+        (w, h), Image.Transform.PERSPECTIVE, coeffs, Image.Resampling.BILINEAR, fillcolor=0
+    )
+    return _from_pil(out, c)
+
+
 def random_perspective(
     image: np.ndarray, rng: np.random.Generator, distortion: float = 0.5, p: float = 0.5
 ) -> np.ndarray:
     """``RandomPerspective(distortion, p)`` with bilinear sampling and fill 0."""
     if rng.random() >= p:
         return image
-    h, w, c = image.shape
-    end = perspective_endpoints(rng, h, w, distortion)
-    # PIL maps output coordinates to input ones: from the moved corners back to the original corners.
-    coeffs = homography(end, corners(h, w))
-    out = _to_pil(image).transform(
-        (w, h), Image.Transform.PERSPECTIVE, tuple(coeffs), Image.Resampling.BILINEAR, fillcolor=0
-    )
-    return _from_pil(out, c)
+    h, w, _ = image.shape
+    return perspective(image, perspective_endpoints(rng, h, w, distortion))
+
+
+def rotate(image: np.ndarray, angle: float) -> np.ndarray:
+    """Rotate counter-clockwise by ``angle`` degrees about the centre; nearest neighbour, fill 0."""
+    out = _to_pil(image).rotate(angle, resample=Image.Resampling.NEAREST, fillcolor=0)
+    return _from_pil(out, image.shape[-1])
 
 
 def random_rotation(image: np.ndarray, rng: np.random.Generator, degrees: float = 10.0) -> np.ndarray:
-    """``RandomRotation(degrees, fill=0)``: angle ~ U(-degrees, degrees), counter-clockwise, nearest."""
-    angle = rng.uniform(-degrees, degrees)
-    out = _to_pil(image).rotate(angle, resample=Image.Resampling.NEAREST, fillcolor=0)
-    return _from_pil(out, image.shape[-1])
+    """``RandomRotation(degrees, fill=0)``: angle ~ U(-degrees, degrees)."""
+    return rotate(image, rng.uniform(-degrees, degrees))
 
 
 def resized_crop_params(
