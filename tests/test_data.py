@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import io
 import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from spinal_jax.data import create_input_pipeline, default_data_config, prepare_dataset
+from spinal_jax.data import DataPreparationError, create_input_pipeline, default_data_config, prepare_dataset
 from spinal_jax.data.config import shared_dir, validate_data_config
 
 DATA = shared_dir() / "data"
@@ -191,3 +200,210 @@ def test_epochs_roll_over_with_new_order(mnist_config):
     epoch0 = [records.record_index(i) for i in range(54000)]
     epoch1 = [records.record_index(54000 + i) for i in range(54000)]
     assert sorted(epoch0) == sorted(epoch1) and epoch0 != epoch1
+
+
+# -- Quick Draw ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def quickdraw_config(tfds_dir):
+    _need(*(DATA / "quickdraw_bitmap" / f"{c}.npy" for c in QUICKDRAW))
+    c = default_data_config()
+    c.name, c.data_dir, c.manual_dir = "quickdraw", str(tfds_dir), str(DATA / "quickdraw_bitmap")
+    c.classes, c.batch_size, c.augment = tuple(QUICKDRAW), 100, "none"
+    return c
+
+
+def _row_hashes(rows: np.ndarray) -> list[bytes]:
+    return [hashlib.sha1(r.tobytes()).digest() for r in rows.reshape(len(rows), -1)]
+
+
+@pytest.mark.parametrize("cap", [0, 1000])
+def test_quickdraw_splits(quickdraw_config, cap):
+    cfg = _config(quickdraw_config, per_class_cap=cap)
+    pipe = create_input_pipeline(cfg, local_device_count=1, process_index=0, process_count=1)
+    per_class = cap or 3000
+    assert pipe.class_names == QUICKDRAW and pipe.image_shape == (28, 28, 1)
+    assert pipe.num_examples == {"train": 6 * (per_class - 750), "validation": 6 * 250, "test": 6 * 500}
+    images, labels = {}, {}
+    for split in ("train", "validation", "test"):
+        x, y = pipe.device_split(split)
+        raw = np.rint(x * 0.3081 * 255 + 0.1307 * 255).astype(np.uint8)  # undo the normalisation
+        images[split], labels[split] = raw, y
+        assert np.bincount(y, minlength=6).tolist() == [len(y) // 6] * 6
+    for label, name in enumerate(QUICKDRAW):
+        rows = np.load(DATA / "quickdraw_bitmap" / f"{name}.npy")[:per_class]
+        file_rows = Counter(_row_hashes(rows))
+        split_rows = [Counter(_row_hashes(images[s][labels[s] == label])) for s in images]
+        # Each example is a row of its own class's file; the splits partition the (capped) file.
+        assert sum(split_rows, Counter()) == file_rows
+        exclusive = [set(c) - set().union(*(o for o in split_rows if o is not c)) for c in split_rows]
+        assert all(len(e) > 0.99 * len(c) for e, c in zip(exclusive, split_rows, strict=True))
+
+
+# -- image folders (CIFAR-10 JPEG) ----------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def cifar_jpeg_config(tfds_dir, tmp_path_factory):
+    """The real test archive plus the first 20 train images per class (to keep preparation fast)."""
+    archives = DATA / "cifar10_jpeg"
+    _need(archives / "cifar10_jpeg_test.tar.gz", archives / "cifar10_jpeg_train.tar.gz")
+    manual = tmp_path_factory.mktemp("cifar_manual")
+    (manual / "cifar10_jpeg_test.tar.gz").symlink_to(archives / "cifar10_jpeg_test.tar.gz")
+    taken: Counter = Counter()
+    with tarfile.open(archives / "cifar10_jpeg_train.tar.gz") as tar:
+        for m in tar:
+            parts = Path(m.name).parts
+            if m.isfile() and len(parts) >= 3 and taken[parts[-2]] < 20:
+                taken[parts[-2]] += 1
+                out = manual / "train" / parts[-2] / parts[-1]
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(tar.extractfile(m).read())
+    c = default_data_config()
+    c.name, c.data_dir, c.manual_dir = "image_folder", str(tfds_dir), str(manual)
+    c.batch_size, c.eval_batch_size, c.augment = 20, 1000, "none"
+    return c
+
+
+def test_cifar10_jpeg_test_split(cifar_jpeg_config):
+    pipe = create_input_pipeline(cifar_jpeg_config, local_device_count=1, process_index=0, process_count=1)
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    assert pipe.class_names == classes and pipe.image_shape == (32, 32, 3)
+    assert pipe.num_examples == {"train": 180, "validation": 20, "test": 10000}
+    assert np.bincount(pipe.labels("test")).tolist() == [1000] * 10
+    # test/cat/0000.jpg, decoded independently, is among the cat test images.
+    with tarfile.open(DATA / "cifar10_jpeg" / "cifar10_jpeg_test.tar.gz") as tar:
+        name = next(m for m in tar.getnames() if m.endswith("test/cat/0000.jpg"))
+        cat0 = np.asarray(Image.open(io.BytesIO(tar.extractfile(name).read())).convert("RGB"))
+    batch = next(pipe.eval_batches("test"))
+    assert batch["image"].shape == (1, 1000, 32, 32, 3) and batch["mask"].all()
+    x, y = pipe.device_split("test")
+    raw = np.rint(x * 255).astype(np.uint8)  # no normalisation for CIFAR-10 (reference CNN/VGG)
+    hits = np.flatnonzero((raw == cat0).all(axis=(1, 2, 3)))
+    assert len(hits) == 1 and y[hits[0]] == classes.index("cat")
+
+
+# -- device path -------------------------------------------------------------------------------------------
+def test_device_augment_path(mnist_config):
+    cfg = _config(mnist_config, augment="reference", augment_on="device", batch_size=100)
+    pipe = create_input_pipeline(cfg, local_device_count=1, process_index=0, process_count=1)
+    host_free = next(pipe.train_iterator())
+    plain = next(
+        create_input_pipeline(
+            _config(cfg, augment="none"), local_device_count=1, process_index=0, process_count=1
+        ).train_iterator()
+    )
+    np.testing.assert_array_equal(host_free["image"], plain["image"])  # the host does not augment
+    import jax
+
+    out = jax.jit(pipe.device_augment)(jax.random.key(0), host_free["image"])
+    assert out.shape == host_free["image"].shape and out.dtype == np.float32
+    assert not np.allclose(np.asarray(out), host_free["image"])
+    x, y = pipe.device_split("validation")
+    assert x.shape == (6000, 28, 28, 1) and x.dtype == np.float32 and y.dtype == np.int32
+    np.testing.assert_array_equal(y, pipe.labels("validation"))
+
+
+# -- errors ----------------------------------------------------------------------------------------------
+def test_config_errors():
+    with pytest.raises(ValueError, match=r"data\.batchsize: unknown data config field"):
+        validate_data_config({"batchsize": 10})
+    with pytest.raises(ValueError, match=r"data\.name: unknown data set 'mnistt'"):
+        validate_data_config({"name": "mnistt"})
+    with pytest.raises(ValueError, match=r"data\.augment_on: 'gpu' is not one of"):
+        validate_data_config({"augment_on": "gpu"})
+    with pytest.raises(ValueError, match=r"data\.validation_fraction"):
+        validate_data_config({"validation_fraction": 1.5})
+
+
+def test_batch_must_divide_over_devices(mnist_config):
+    with pytest.raises(
+        ValueError,
+        match=r"batch_size=100 does not divide over 16 devices \(8 local x 2 "
+        r"processes\); use a multiple of 16, e.g. 96 or 112",
+    ):
+        create_input_pipeline(
+            _config(mnist_config, batch_size=100), local_device_count=8, process_index=0, process_count=2
+        )
+
+
+@pytest.mark.parametrize(
+    "name, files",
+    [
+        ("kmnist", ["train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]),
+        ("emnist/letters", ["gzip.zip"]),
+        ("cifar10", ["cifar-10-binary.tar.gz"]),
+        ("imagenet2012", ["ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"]),
+        ("quickdraw", ["apple.npy", "cat.npy"]),
+    ],
+)
+def test_missing_files_error(tmp_path, name, files):
+    cfg = {"name": name, "data_dir": str(tmp_path / "tfds"), "manual_dir": str(tmp_path / "manual")}
+    with pytest.raises(DataPreparationError) as err:
+        create_input_pipeline(cfg, local_device_count=1, process_index=0, process_count=1)
+    msg = str(err.value)
+    assert f"Data set {name!r}" in msg and str(tmp_path / "manual") in msg and "data.manual_dir" in msg
+    for f in files:
+        assert f in msg
+
+
+def test_not_prepared_and_prepare_false(tmp_path):
+    cfg = {"name": "mnist", "data_dir": str(tmp_path), "prepare": False}
+    with pytest.raises(DataPreparationError, match="not prepared .* data.prepare=False"):
+        create_input_pipeline(cfg, local_device_count=1, process_index=0, process_count=1)
+
+
+def test_wrong_checksum_error(tmp_path):
+    _need(*(DATA / "mnist" / f for f in MNIST_FILES))
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    for f in MNIST_FILES:
+        shutil.copy(DATA / "mnist" / f, manual / f)
+    labels = manual / "t10k-labels-idx1-ubyte.gz"
+    data = bytearray(labels.read_bytes())
+    data[100] ^= 0xFF  # same size, different sha256
+    labels.write_bytes(bytes(data))
+    cfg = {"name": "mnist", "data_dir": str(tmp_path / "tfds"), "manual_dir": str(manual)}
+    with pytest.raises(DataPreparationError, match="wrong size or checksum") as err:
+        create_input_pipeline(cfg, local_device_count=1, process_index=0, process_count=1)
+    assert "t10k-labels-idx1-ubyte.gz" in str(err.value) and str(manual) in str(err.value)
+
+
+# -- TensorFlow-free train time ------------------------------------------------------------------------------
+_NO_TF_SCRIPT = """
+import importlib.util, json, sys
+assert importlib.util.find_spec("tensorflow") is None, "tensorflow is still importable"
+import spinal_jax.data, spinal_jax.data.augment_device, spinal_jax.data.throughput
+from spinal_jax.data import create_input_pipeline
+cfg = json.loads(sys.argv[1])
+pipe = create_input_pipeline(cfg, local_device_count=1, process_index=0, process_count=1)
+batch = next(pipe.train_iterator())
+n = sum(int(b["mask"].sum()) for b in pipe.eval_batches("test"))
+bad = [m for m in sys.modules if m == "tensorflow" or m.startswith("tensorflow.") or m == "torch"]
+print(json.dumps({"shape": list(batch["image"].shape), "test": n, "tf_modules": bad}))
+"""
+
+
+def test_train_time_modules_need_no_tensorflow(mnist_config, tmp_path):
+    """Run in a Python whose site-packages lacks tensorflow / keras / torch (as on the GPU machine)."""
+    import site
+
+    view = tmp_path / "site"
+    view.mkdir()
+    for entry in Path(site.getsitepackages()[0]).iterdir():
+        if (
+            not entry.name.startswith(("tensorflow-", "tensorflow_cpu", "keras", "torch"))
+            and entry.name != "tensorflow"
+        ):
+            (view / entry.name).symlink_to(entry)
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{view}{os.pathsep}{repo}"}
+    cfg = {k: mnist_config[k] for k in ("name", "data_dir", "manual_dir")}
+    cfg.update(batch_size=100, augment="reference")
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", _NO_TF_SCRIPT, json.dumps(cfg)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"shape": [1, 100, 28, 28, 1], "test": 10000, "tf_modules": []}

@@ -9,7 +9,6 @@ JPEG and PNG bytes are stored as they are (no re-encoding).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,11 +32,10 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
 
 
 def image_folder_config(root: Path) -> ImageFolderConfig:
-    """A config named after the folder and a hash of its absolute path."""
+    """A config named after the folder's name (not its path), so a prepared copy reads anywhere."""
     root = Path(root).resolve()
-    digest = hashlib.sha256(str(root).encode()).hexdigest()[:10]
     safe = "".join(ch if ch.isalnum() else "_" for ch in root.name) or "root"
-    return ImageFolderConfig(name=f"{safe}_{digest}", root=str(root))
+    return ImageFolderConfig(name=safe, root=str(root))
 
 
 def _parse(relpath: str) -> tuple[str, str] | None:
@@ -56,6 +54,8 @@ def _archives(root: Path) -> list[Path]:
 def scan(root: Path) -> dict[str, dict[str, int]]:
     """``{split: {class: count}}`` over the folder trees and archives under ``root``."""
     counts: dict[str, dict[str, int]] = {}
+    if not root.is_dir():
+        return counts
     for path in root.rglob("*"):
         if path.is_file() and (parsed := _parse(str(path.relative_to(root)))):
             counts.setdefault(parsed[0], {}).setdefault(parsed[1], 0)

@@ -7,6 +7,7 @@ Reading a prepared data set never needs TensorFlow.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from pathlib import Path
 
@@ -31,7 +32,10 @@ def make_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
         cfg = quickdraw_config(
             tuple(config.classes), config.per_class_cap, config.validation_per_class, config.test_per_class
         )
-        return QuickdrawSubset(config=cfg, data_dir=data_dir, file_format="array_record")
+        # tfds refuses a custom config equal to a predefined one: pass the predefined one by name.
+        predefined = {c.name for c in QuickdrawSubset.BUILDER_CONFIGS}
+        config_arg = cfg.name if cfg.name in predefined else cfg
+        return QuickdrawSubset(config=config_arg, data_dir=data_dir, file_format="array_record")
     if spec.kind == "image_folder":
         from spinal_jax.data.image_folder_builder import SpinalImageFolder, image_folder_config
 
@@ -75,6 +79,39 @@ def check_manual_files(config: ml_collections.ConfigDict, spec: DatasetSpec, man
         raise DataPreparationError(_missing_message(config, spec, manual, missing))
 
 
+_HASH_LIMIT = 4 << 30  # sha256 files up to 4 GiB; larger ones (ImageNet) are checked by size only
+
+
+def check_checksums(
+    config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, manual: Path
+) -> None:
+    """Compare size and sha256 of each manual file with the checksums tfds registers for the builder.
+
+    tfds itself does not verify files taken from a manual dir, so a truncated or different file would
+    silently give a different data set.
+    """
+    spec = get_dataset_spec(config.name)
+    for url, info in (type(builder).url_infos or {}).items():
+        name = info.filename or url.rsplit("/", 1)[-1]
+        path = manual / name
+        if not path.exists():
+            continue
+        size = path.stat().st_size
+        bad = info.size is not None and size != int(info.size)
+        if not bad and info.checksum and size <= _HASH_LIMIT:
+            digest = hashlib.sha256()
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            bad = digest.hexdigest() != info.checksum
+        if bad:
+            raise DataPreparationError(
+                f"Data set {config.name!r}: {path} has the wrong size or checksum (expected {int(info.size)} "
+                f"bytes, sha256 {info.checksum}). Replace it with the original release file {name!r} "
+                f"(source: {spec.source})."
+            )
+
+
 def prepare_dataset(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     """Return the builder of ``config.name``, prepared (from the manual dir) if it was not yet."""
     spec = get_dataset_spec(config.name)
@@ -95,6 +132,8 @@ def prepare_dataset(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuild
             f"'spinal_jax[prepare]' on a machine with it, prepare there, then copy"
             f" {resolve_data_dir(config)} here. Training itself does not need TensorFlow."
         )
+    if spec.kind == "stock":
+        check_checksums(config, builder, manual)
     tfds.disable_progress_bar()
     try:
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
