@@ -2,30 +2,40 @@
 
 Usage: python -m tests.training_helpers.run_loop WORKDIR [key=value ...]
 Keys: n_train, n_val, n_test, batch, epochs, max_steps, ckpt_every, lr, sleep (seconds per step, so a
-test can signal the run mid-epoch), model ('tiny' | a registry name), print_params.
+test can signal the run mid-epoch), model ('tiny' | a registry name), devices (local CPU devices),
+coordinator, nproc, pid (a multi-process run on this machine).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 
-import jax
-import ml_collections
-import numpy as np
+_ARGS = dict(a.split("=", 1) for a in sys.argv[2:])
+if "devices" in _ARGS:  # must precede the jax import
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={_ARGS['devices']}"
 
-from spinal_jax import config as config_lib
-from spinal_jax import training
-from tests.training_helpers.array_pipeline import ArrayPipeline
-from tests.training_helpers.tiny_model import TinyBNNet
+import jax  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+
+from spinal_jax import config as config_lib  # noqa: E402
+from spinal_jax import training  # noqa: E402
+from tests.training_helpers.array_pipeline import ArrayPipeline  # noqa: E402
+from tests.training_helpers.tiny_model import TinyBNNet  # noqa: E402
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, force=True)
     workdir = sys.argv[1]
-    args = dict(a.split("=", 1) for a in sys.argv[2:])
+    args = _ARGS
+    if "coordinator" in args:
+        from spinal_jax import distributed
+
+        distributed.initialize(args["coordinator"], int(args["nproc"]), int(args["pid"]))
     get = lambda k, d: type(d)(args.get(k, d))  # noqa: E731
     config = config_lib.base_config()
     config.data = ml_collections.ConfigDict({"batch_size": get("batch", 32), "augment_on": "host"})
@@ -54,8 +64,9 @@ def main() -> None:
         config.model.name = name
     summary = training.train_and_evaluate(config, workdir, pipeline=pipe, model=model)
     print("SUMMARY " + json.dumps(summary), flush=True)
+    print(f"DEVICES {jax.process_count()}x{jax.local_device_count()}", flush=True)
+    params = training.final_params(workdir)  # every process: Orbax synchronises them
     if jax.process_index() == 0:
-        params = training.final_params(workdir)
         np.savez(
             f"{workdir}/final_params.npz",
             **{

@@ -13,7 +13,7 @@ class TinyBNNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = nn.Conv(8, (3, 3), strides=(2, 2), dtype=self.dtype)(x)
+        x = nn.Conv(8, (3, 3), strides=(2, 2), use_bias=False, dtype=self.dtype)(x)  # BN follows
         x = nn.BatchNorm(
             use_running_average=not train,
             momentum=0.9,
