@@ -1,0 +1,135 @@
+"""Every file in configs/ loads through ml_collections' config_flags, validates and builds its model;
+command-line overrides take effect; unknown fields, wrong types and bad values are rejected by name."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from spinal_jax import config as config_lib
+from spinal_jax import training
+from spinal_jax.models import get_spec
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.py"))
+# Classes per data set (the reference's values), to build models without preparing the data.
+CLASSES = {"mnist": 10, "quickdraw": 6, "cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
+
+
+def load(spec: str, *overrides: str):
+    argv = ["prog", f"--config={REPO / 'configs' / spec}", *overrides]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True, sys_argv=argv)
+    values(argv)
+    return values.config
+
+
+def test_every_config_file_is_tested():
+    assert CONFIGS == [
+        "cifar100_cnn.py", "cifar10_cnn.py", "cifar_resnet.py", "cifar_vgg19.py", "imagenet_resnet50.py",
+        "imagenet_spinal.py", "mnist_cnn.py", "mnist_vgg5.py", "quickdraw_vgg5.py",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("head", ["default", "spinal"])
+def test_config_loads_and_builds_its_model(name, head):
+    config = load(name, f"--config.model.head={head}")
+    config_lib.validate_config(config)
+    assert config.model.head == head
+    classes = CLASSES[config.data.name]
+    model = training.create_model(config, classes)
+    shape = (2, *get_spec(config.model.name).input_shape)
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape)))
+    logits = jax.eval_shape(lambda v, x: model.apply(v, x), variables, x)
+    assert logits.shape == (2, classes) and logits.dtype == jnp.float32
+    assert model.bn_axis_name == "batch"
+    assert model.dtype == (jnp.bfloat16 if config.dtype == "bfloat16" else None)
+
+
+def test_mnist_cnn_parameter_counts_match_the_spec():
+    """Spec §1.4: 21,840 parameters with the default head, 13,818 with the spinal head (w=8, k=6)."""
+    for arg, expected in (("mnist_cnn.py", 21_840), ("mnist_cnn.py:spinal", 13_818)):
+        config = load(arg)
+        model = training.create_model(config, 10)
+        params = jax.eval_shape(lambda m=model: m.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1))))[
+            "params"
+        ]
+        assert sum(int(jnp.prod(jnp.array(p.shape))) for p in jax.tree.leaves(params)) == expected
+
+
+def test_config_arguments_select_dataset_and_head():
+    config = load("mnist_vgg5.py:emnist_letters,default")
+    assert (config.data.name, config.model.head) == ("emnist/letters", "default")
+    config = load("cifar_resnet.py:cifar100")
+    assert (config.model.name, config.data.name, config.plateau.power) == ("cifar_resnet34", "cifar100", 5.0)
+    with pytest.raises(flags.IllegalFlagValueError, match="'svhn' is neither a head"):
+        load("mnist_vgg5.py:svhn")
+
+
+def test_overrides_take_effect():
+    config = load(
+        "imagenet_spinal.py",
+        "--config.optim.learning_rate=0.2",
+        "--config.data.batch_size=512",
+        "--config.schedule.warmup_epochs=2",
+        "--config.label_smoothing=0.1",
+        "--config.dtype=float32",
+    )
+    assert config.optim.learning_rate == 0.2 and config.data.batch_size == 512
+    assert (
+        config.schedule.warmup_epochs == 2.0 and config.label_smoothing == 0.1 and config.dtype == "float32"
+    )
+    assert config.optim.nesterov and config.optim.momentum == 0.9 and config.optim.weight_decay == 1e-4
+
+
+def test_unknown_field_and_wrong_type_are_rejected():
+    with pytest.raises(AttributeError, match="lrr"):
+        load("mnist_cnn.py", "--config.optim.lrr=0.1")
+    with pytest.raises(flags.IllegalFlagValueError, match="num_epochs"):
+        load("mnist_cnn.py", "--config.num_epochs=many")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--config.optim.name=rmsprop", r"config.optim.name = 'rmsprop' is not valid: use one of \('sgd'"),
+        ("--config.model.head=wide", r"config.model.head = 'wide' is not valid"),
+        ("--config.label_smoothing=1.5", r"config.label_smoothing must be in \[0, 1\)"),
+        ("--config.optim.learning_rate=0", r"config.optim.learning_rate must be > 0"),
+        ("--config.schedule.name=step", r"plateau.enabled sets the learning rate itself"),
+    ],
+)
+def test_bad_values_are_rejected_naming_the_field(override, message):
+    config = load("mnist_vgg5.py", override)
+    with pytest.raises(ValueError, match=message):
+        config_lib.validate_config(config)
+
+
+def test_batch_that_does_not_divide_names_the_fix():
+    assert training.per_device_batch_size(256, 4, 2) == 32
+    with pytest.raises(
+        ValueError, match=r"batch_size=100 .* multiple of the 8 devices .*--config.data.batch_size=96"
+    ):
+        training.per_device_batch_size(100, 4, 2)
+
+
+def test_train_py_rejects_bad_config_on_the_command_line(tmp_path):
+    run = lambda *extra: subprocess.run(  # noqa: E731
+        [sys.executable, "train.py", "--config=configs/mnist_cnn.py", f"--workdir={tmp_path}", *extra],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    unknown = run("--config.optim.lrr=1")
+    assert unknown.returncode != 0 and "lrr" in unknown.stderr
+    bad = run("--config.optim.name=rmsprop")
+    assert bad.returncode == 1
+    assert "Invalid config: config.optim.name = 'rmsprop' is not valid" in bad.stderr
+    assert not (tmp_path / "config.json").exists()
