@@ -1,0 +1,97 @@
+"""Orbax checkpoints: exact round trip, fallback from a truncated / partial latest checkpoint, warm start."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import chex
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from spinal_jax import checkpoints, optim, steps
+from tests.training_helpers.tiny_model import TinyBNNet
+
+OPTIM = ml_collections.ConfigDict(
+    dict(name="adam", momentum=0.0, nesterov=False, weight_decay=1e-4, b1=0.9, b2=0.999, eps=1e-8)
+)
+
+
+def _state(seed: int, num_classes: int = 10) -> steps.TrainState:
+    tx = optim.create_optimizer(OPTIM, 1e-3)
+    return steps.create_train_state(jax.random.PRNGKey(seed), TinyBNNet(num_classes), (28, 28, 1), tx)
+
+
+def _saved(workdir: Path) -> tuple[checkpoints.Checkpoints, list[steps.TrainState]]:
+    ckpt = checkpoints.Checkpoints(workdir, keep=3)
+    states = [_state(i).replace(step=np.int32(10 * (i + 1))) for i in range(3)]
+    for i, state in enumerate(states):
+        ckpt.save(10 * (i + 1), state, {"position": i}, {"step": 10 * (i + 1)}, best=i == 1)
+    ckpt.wait()
+    return ckpt, states
+
+
+def test_round_trip_is_exact(tmp_path):
+    ckpt, states = _saved(tmp_path)
+    state, data, loop, step = ckpt.restore(_state(99))
+    assert (step, data, loop) == (30, {"position": 2}, {"step": 30})
+    chex.assert_trees_all_equal(steps_tree(state), steps_tree(states[2]))
+    best = ckpt.restore(_state(99), which="best")
+    assert best[3] == 20
+    chex.assert_trees_all_equal(best[0].params, states[1].params)
+
+
+def steps_tree(state):
+    return {
+        "params": state.params,
+        "opt": state.opt_state,
+        "bn": state.batch_stats,
+        "rng": state.rng,
+        "step": state.step,
+    }
+
+
+def test_truncated_latest_falls_back_to_previous(tmp_path):
+    ckpt, states = _saved(tmp_path)
+    data_files = [
+        p
+        for p in (tmp_path / "checkpoints" / "30" / "state").rglob("*")
+        if p.is_file() and p.parent.name == "d"
+    ]
+    assert data_files
+    for path in data_files:
+        with open(path, "r+b") as f:
+            f.truncate(7)
+    with pytest.warns(RuntimeWarning, match=r"checkpoints/30 could not be restored .*falling back"):
+        state, data, _, step = checkpoints.Checkpoints(tmp_path).restore(_state(99))
+    assert (step, data) == (20, {"position": 1})
+    chex.assert_trees_all_equal(state.params, states[1].params)
+
+
+def test_partial_latest_falls_back_and_all_unreadable_gives_none(tmp_path):
+    _saved(tmp_path)
+    shutil.rmtree(tmp_path / "checkpoints" / "30" / "state")  # a checkpoint missing its state item
+    with pytest.warns(RuntimeWarning, match="checkpoints/30 could not be restored"):
+        assert checkpoints.Checkpoints(tmp_path).restore(_state(99))[3] == 20
+    for step in ("10", "20"):
+        (tmp_path / "checkpoints" / step / "loop" / "metadata").write_text("{not json")
+    with pytest.warns(RuntimeWarning):
+        assert checkpoints.Checkpoints(tmp_path).restore(_state(99)) is None
+
+
+def test_warm_start_takes_params_and_batch_stats_only(tmp_path):
+    _, states = _saved(tmp_path)
+    fresh = _state(7).replace(step=np.int32(0))
+    warm = checkpoints.load_params(tmp_path, fresh)  # a workdir: its best checkpoint (step 20)
+    chex.assert_trees_all_equal(warm.params, states[1].params)
+    chex.assert_trees_all_equal(warm.batch_stats, states[1].batch_stats)
+    chex.assert_trees_all_equal(warm.opt_state, fresh.opt_state)
+    assert int(warm.step) == 0
+    step_dir = checkpoints.load_params(tmp_path / "checkpoints" / "30", fresh)
+    chex.assert_trees_all_equal(step_dir.params, states[2].params)
+    with pytest.raises(ValueError, match="do not fit this model"):
+        checkpoints.load_params(tmp_path, _state(0, num_classes=7))
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+        checkpoints.load_params(tmp_path / "nowhere", fresh)
