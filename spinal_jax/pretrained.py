@@ -285,7 +285,7 @@ def convert_state_dict(state: Mapping[str, np.ndarray], arch: str, source: str =
             + (_listing("wrong shapes", wrong) if wrong else "")
             + hint
         )
-    flat = {flax_key: _to_flax(state[key]).astype(np.float32) for key, (flax_key, _) in layout.items()}
+    flat = {k: _to_flax(state[key]).astype(np.float32, copy=False) for key, (k, _) in layout.items()}
     return traverse_util.unflatten_dict(flat)
 
 

@@ -108,10 +108,10 @@ def test_vgg_at_224_and_timm_layout_equal_torchvision():
     x = np.random.default_rng(2).normal(size=(1, 3, 224, 224)).astype(np.float32)
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()
-    flax_model = create_model("vgg11_bn", 10, head="default")
-    for source in (state, timm):
-        variables = pretrained.convert_state_dict(source, "vgg11_bn")
-        assert_logits_close(flax_model.apply(variables, x.transpose(0, 2, 3, 1)), want)
+    variables = pretrained.convert_state_dict(state, "vgg11_bn")
+    got = create_model("vgg11_bn", 10, head="default").apply(variables, x.transpose(0, 2, 3, 1))
+    assert_logits_close(got, want)
+    chex.assert_trees_all_equal(pretrained.convert_state_dict(timm, "vgg11_bn"), variables)
 
 
 def _backbone_leaves(variables, head):
@@ -119,10 +119,9 @@ def _backbone_leaves(variables, head):
     return {k: v for k, v in flat.items() if f"['{head}']" not in k}
 
 
-@pytest.mark.parametrize(
-    "arch,head_kind", [("resnet18", "spinal"), ("resnet18", "default"), ("vgg11_bn", "spinal")]
-)
-def test_cli_checkpoint_and_fresh_head(arch, head_kind, tmp_path):
+@pytest.mark.parametrize("head_kind", ["spinal", "default"])
+def test_cli_checkpoint_and_fresh_head(head_kind, tmp_path):
+    arch = "resnet18"
     src = save(torch_model(arch), tmp_path)
     dst = tmp_path / "converted"
     assert convert_main([str(src), str(dst), "--arch", arch]) == 0
@@ -131,16 +130,14 @@ def test_cli_checkpoint_and_fresh_head(arch, head_kind, tmp_path):
     direct = pretrained.convert_file(src, arch)[0]
     chex.assert_trees_all_equal(converted, direct)
 
-    model = create_model(arch, 10, head=head_kind)
+    model = create_model(arch, 10, head=head_kind, **({"spinal_width": 64} if head_kind == "spinal" else {}))
     template = model.init(jax.random.PRNGKey(3), jnp.zeros((1, 32, 32, 3)))
     variables = pretrained.init_from_pretrained(model, template, dst)
     head = pretrained.head_name(arch)
     # The head is the template's (fresh, 10 classes); the pretrained 1000-way classifier is gone.
     chex.assert_trees_all_equal(variables["params"][head], template["params"][head])
-    out_kernel = variables["params"][head][
-        "readout" if head_kind == "spinal" else "fc_6" if arch.startswith("vgg") else "kernel"
-    ]
-    out_kernel = out_kernel["kernel"] if isinstance(out_kernel, dict) else out_kernel
+    head_params = variables["params"][head]
+    out_kernel = head_params["readout"]["kernel"] if head_kind == "spinal" else head_params["kernel"]
     assert out_kernel.shape[-1] == 10
     # Every backbone leaf is bit-identical to the converted one.
     got, want = _backbone_leaves(variables, head), _backbone_leaves(converted, head)
@@ -153,7 +150,7 @@ def test_cli_checkpoint_and_fresh_head(arch, head_kind, tmp_path):
 
 def test_raw_file_into_vgg_spinal_classifier(tmp_path):
     src = save(torch_model("vgg11_bn"), tmp_path, fmt="safetensors")
-    model = create_model("vgg11_bn", 10, head="spinal")
+    model = create_model("vgg11_bn", 10, head="spinal", spinal_width=64)
     template = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
     variables = pretrained.init_from_pretrained(model, template, src)
     assert "fc" not in variables["params"]
@@ -315,18 +312,17 @@ def cifar_subset(per_class: int, size: int = 64) -> tuple[np.ndarray, np.ndarray
     return x, y
 
 
-@pytest.mark.parametrize("mode", ["full", "linear_probe"])
-def test_finetuning_steps_lower_loss(mode, tmp_path):
-    x, y = cifar_subset(per_class=20)
-    assert x.shape == (200, 64, 64, 3)
+def test_finetuning_steps_lower_loss(tmp_path):
+    x, y = cifar_subset(per_class=10)
+    assert x.shape == (100, 64, 64, 3)
     mean, std = np.array([0.507, 0.487, 0.441]), np.array([0.267, 0.256, 0.276])  # spec §2.7
     x = ((x - mean) / std).astype(np.float32)
-    batch_x, batch_y = jnp.asarray(x[::2]), jnp.asarray(y[::2])  # 100 images, 10 per class
+    batch_x, batch_y = jnp.asarray(x[::2]), jnp.asarray(y[::2])  # 50 images, 5 per class
 
     model = create_model("resnet18", 10, head="spinal", spinal_width=64)
     template = model.init(jax.random.PRNGKey(0), batch_x[:1])
     variables = pretrained.init_from_pretrained(model, template, save(torch_model("resnet18"), tmp_path))
-    tx = finetune_transform(mode, optax.sgd(0.01, momentum=0.9), head="fc")
+    tx = finetune_transform("full", optax.sgd(0.01, momentum=0.9), head="fc")
     params, stats = variables["params"], variables["batch_stats"]
     opt_state = tx.init(params)
 
@@ -343,18 +339,12 @@ def test_finetuning_steps_lower_loss(mode, tmp_path):
         return optax.apply_updates(params, updates), stats, opt_state, loss
 
     losses = []
-    for _ in range(6):
+    for _ in range(4):
         params, stats, opt_state, loss = step(params, stats, opt_state)
         losses.append(float(loss))
     final = float(loss_fn(params, stats)[0])
     assert np.isfinite(losses).all()
     assert final < losses[0], losses + [final]
-    backbone_same = [
-        np.array_equal(a, b)
-        for a, b in zip(
-            jax.tree.leaves(_backbone_leaves(params, "fc")),
-            jax.tree.leaves(_backbone_leaves(variables["params"], "fc")),
-            strict=True,
-        )
-    ]
-    assert all(backbone_same) == (mode == "linear_probe")
+    # 'full' trains the backbone too (linear_probe / separate_lr: tests/test_finetune.py).
+    changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), params, variables["params"])
+    assert all(jax.tree.leaves(changed))

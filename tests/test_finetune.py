@@ -1,0 +1,80 @@
+"""Fine-tuning modes: exact optax updates on the parameters of a real backbone with a fresh head."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from spinal_jax.finetune import finetune_transform, keep_backbone_batch_stats, param_labels
+from spinal_jax.models import create_model
+
+
+@pytest.fixture(scope="module")
+def variables():
+    model = create_model("resnet18", 10, head="spinal", spinal_width=16)
+    return model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+
+
+def _grads(params, seed=1):
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    return jax.tree.unflatten(
+        treedef, [jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
+    )
+
+
+def _split(tree, head="fc"):
+    return {k: v for k, v in tree.items() if k == head}, {k: v for k, v in tree.items() if k != head}
+
+
+def test_labels(variables):
+    labels = param_labels(variables["params"], "fc")
+    head, backbone = _split(labels)
+    assert set(jax.tree.leaves(head)) == {"head"} and set(jax.tree.leaves(backbone)) == {"backbone"}
+    n_head = len(jax.tree.leaves(variables["params"]["fc"]))
+    assert jax.tree.leaves(labels).count("head") == n_head == 5  # input/hidden kernel, bias, readout W, b
+    with pytest.raises(ValueError, match="No head subtree 'classifier'"):
+        param_labels(variables["params"], "classifier")
+
+
+@pytest.mark.parametrize("mode", ["full", "linear_probe", "separate_lr"])
+def test_updates_per_mode(variables, mode):
+    params = variables["params"]
+    grads = _grads(params)
+    head_lr, backbone_lr = 0.1, 0.01
+    tx = finetune_transform(
+        mode, optax.sgd(head_lr), optax.sgd(backbone_lr) if mode == "separate_lr" else None, head="fc"
+    )
+    updates, _ = tx.update(grads, tx.init(params), params)
+    g_head, g_backbone = _split(grads)
+    u_head, u_backbone = _split(updates)
+    chex.assert_trees_all_close(u_head, jax.tree.map(lambda g: -head_lr * g, g_head), rtol=1e-6)
+    want_lr = {"full": head_lr, "linear_probe": 0.0, "separate_lr": backbone_lr}[mode]
+    chex.assert_trees_all_close(u_backbone, jax.tree.map(lambda g: -want_lr * g, g_backbone), rtol=1e-6)
+    if mode == "linear_probe":
+        assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(u_backbone))
+
+
+def test_bad_modes():
+    with pytest.raises(ValueError, match="Unknown fine-tuning mode 'frozen'"):
+        finetune_transform("frozen", optax.sgd(0.1), head="fc")
+    with pytest.raises(ValueError, match="'separate_lr' needs backbone_tx"):
+        finetune_transform("separate_lr", optax.sgd(0.1), head="fc")
+    with pytest.raises(ValueError, match="'linear_probe' freezes the backbone"):
+        finetune_transform("linear_probe", optax.sgd(0.1), optax.sgd(0.1), head="fc")
+
+
+def test_keep_backbone_batch_stats(variables):
+    old = variables["batch_stats"]
+    new = jax.tree.map(lambda x: x + 1.0, old)
+    kept = keep_backbone_batch_stats(new, old, "fc")
+    chex.assert_trees_all_equal(kept, old)  # resnet18's spinal head (no BN) has no stats
+    vgg_like = {"classifier": {"bn_0": {"mean": jnp.ones(3)}}, "features_1": {"mean": jnp.zeros(3)}}
+    moved = jax.tree.map(lambda x: x + 1.0, vgg_like)
+    kept = keep_backbone_batch_stats(moved, vgg_like, "classifier")
+    chex.assert_trees_all_equal(kept["classifier"], moved["classifier"])
+    chex.assert_trees_all_equal(kept["features_1"], vgg_like["features_1"])
