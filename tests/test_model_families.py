@@ -22,6 +22,7 @@ from PIL import Image
 from training_helpers.mnist_idx import load_mnist, shared_dir
 
 from spinal_jax.models import create_model
+from spinal_jax.models.cifar import CifarBasicBlock
 
 VGG_CFGS = {  # convs per stage of cfgs A, B, D, E; channels 64, 128, 256, 512, 512
     11: (1, 1, 2, 2, 2),
@@ -275,16 +276,33 @@ def _np(tree):
     return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
 
 
-def _conv_valid(x: np.ndarray, p: dict) -> np.ndarray:
-    k = p["kernel"]  # (kh, kw, in, out)
-    windows = sliding_window_view(x, k.shape[:2], axis=(1, 2))  # (B, H', W', in, kh, kw)
-    return np.einsum("bhwcij,ijco->bhwo", windows, k) + p["bias"]
+def _conv(x: np.ndarray, p: dict, stride: int = 1, pad: int = 0) -> np.ndarray:
+    """PyTorch Conv2d (cross-correlation, zero padding) on NHWC, kernel ``(kh, kw, in, out)``."""
+    k = p["kernel"]
+    x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    windows = sliding_window_view(x, k.shape[:2], axis=(1, 2))[
+        :, ::stride, ::stride
+    ]  # (B, H', W', in, kh, kw)
+    y = np.einsum("bhwcij,ijco->bhwo", windows, k, optimize=True)
+    return y + p["bias"] if "bias" in p else y
+
+
+def _bn(x: np.ndarray, p: dict, stats: dict) -> np.ndarray:
+    """Eval-mode BatchNorm with PyTorch's epsilon."""
+    return (x - stats["mean"]) / np.sqrt(stats["var"] + 1e-5) * p["scale"] + p["bias"]
+
+
+def _max_pool(x: np.ndarray, size: int, stride: int) -> np.ndarray:
+    """PyTorch MaxPool2d (floor mode) on NHWC."""
+    return sliding_window_view(x, (size, size), axis=(1, 2))[:, ::stride, ::stride].max(axis=(-2, -1))
+
+
+def _relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0)
 
 
 def _pool_relu(x: np.ndarray) -> np.ndarray:
-    b, h, w, c = x.shape
-    x = x[:, : h // 2 * 2, : w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
-    return np.maximum(x, 0)
+    return _relu(_max_pool(x, 2, 2))
 
 
 def _nchw_flat(x: np.ndarray) -> np.ndarray:
@@ -323,8 +341,8 @@ def test_mnist_models_equal_a_numpy_reference(name, head):
     logits = model.apply(variables, batch)  # eval mode: dropout off
     p = _np(variables["params"])
     x = np.asarray(batch, np.float64)
-    conv1 = _pool_relu(_conv_valid(x, p["features"]["conv1"]))  # (B, 12, 12, 10)
-    conv2 = _nchw_flat(_pool_relu(_conv_valid(conv1, p["features"]["conv2"])))  # (B, 320)
+    conv1 = _pool_relu(_conv(x, p["features"]["conv1"]))  # (B, 12, 12, 10)
+    conv2 = _nchw_flat(_pool_relu(_conv(conv1, p["features"]["conv2"])))  # (B, 320)
     hp = p["head"]
     if head == "default":
         expected = _dense(np.maximum(_dense(conv2, hp["fc_0"]), 0), hp["fc_1"])
@@ -343,6 +361,89 @@ def test_mnist_models_equal_a_numpy_reference(name, head):
         )
         expected = _dense(np.maximum(_dense(z, hp["fc1"]), 0), hp["fc2"])
     chex.assert_trees_all_close(np.asarray(logits, np.float64), expected, rtol=1e-5, atol=1e-5)
+
+
+def _assert_close(actual: jax.Array, expected: np.ndarray) -> None:
+    scale = float(np.abs(expected).max())
+    assert scale > 0
+    np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=1e-4, atol=1e-5 * scale)
+
+
+def _np_vgg_features(x: np.ndarray, p: dict, s: dict, cfg: tuple) -> np.ndarray:
+    i = 0
+    for v in cfg:
+        if v == "M":
+            x = _max_pool(x, 2, 2)
+            continue
+        block, stats = p[f"block_{i}"], s[f"block_{i}"]
+        x = _relu(_bn(_conv(x, block["conv"], pad=1), block["bn"], stats["bn"]))
+        i += 1
+    return x
+
+
+@pytest.mark.parametrize("head", ["default", "spinal"])
+def test_vgg5_equals_a_numpy_reference(head):
+    model, variables, batch = _initialised("vgg5", head)
+    p, s = _np(variables["params"]), _np(variables["batch_stats"])
+    cfg = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 256, 256, 256, "M")
+    feats = _np_vgg_features(np.asarray(batch, np.float64), p["features"], s["features"], cfg)
+    assert feats.shape == (2, 1, 1, 256)
+    feats = feats.reshape(2, 256)
+    hp, hs = p["head"], s["head"]
+    if head == "default":  # Dropout -> Linear -> BN1d -> ReLU -> Dropout -> Linear
+        expected = _dense(_relu(_bn(_dense(feats, hp["fc_0"]), hp["bn_0"], hs["bn_0"])), hp["fc_1"])
+    else:  # Dropout -> Linear -> BN1d -> ReLU per sub-layer, on halves of 256
+        z, outs = None, []
+        for i, chunk in enumerate(_halves(feats, 4)):
+            inp = chunk if z is None else np.concatenate([chunk, z], axis=1)
+            kernel = hp["input_kernel"][i]
+            if z is not None:
+                kernel = np.concatenate([kernel, hp["hidden_kernel"][i - 1]], axis=0)
+            z = _relu(_bn(inp @ kernel + hp["bias"][i], hp[f"bn_{i}"], hs[f"bn_{i}"]))
+            outs.append(z)
+        expected = _dense(np.concatenate(outs, axis=1), hp["readout"])
+    _assert_close(model.apply(variables, batch), expected)
+
+
+@pytest.mark.parametrize("head", ["default", "spinal"])
+def test_cifar_cnn_equals_a_numpy_reference(head):
+    model, variables, batch = _initialised("cifar_cnn", head)
+    p, s = _np(variables["params"])["features"], _np(variables["batch_stats"])["features"]
+    x = np.asarray(batch, np.float64)
+    for stage in range(3):
+        first, second = p[f"block{stage}_0"], p[f"block{stage}_1"]
+        x = _relu(_bn(_conv(x, first["conv"], pad=1), first["bn"], s[f"block{stage}_0"]["bn"]))
+        x = _max_pool(_relu(_conv(x, second["conv"], pad=1)), 2, 2)
+    feats = _nchw_flat(x)  # (2, 4096)
+    hp = _np(variables["params"])["head"]
+    if head == "default":
+        expected = _dense(_relu(_dense(_relu(_dense(feats, hp["fc_0"])), hp["fc_1"])), hp["fc_2"])
+    else:
+        expected = _spinal(_halves(feats, 4), hp)
+    _assert_close(model.apply(variables, batch), expected)
+
+
+def test_cifar_resnet_block_equals_a_numpy_reference():
+    """conv-BN-ReLU-conv-BN plus a 3x3 stride-2 conv-BN shortcut, and no ReLU after the addition."""
+    block = CifarBasicBlock(64, strides=2)
+    x = jax.random.normal(jax.random.key(4), (2, 8, 8, 32))
+    shapes = jax.eval_shape(block.init, jax.random.key(0), x)
+    rng = np.random.default_rng(1)
+    variables = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: jnp.asarray(_fill(path, leaf, rng)), shapes
+    )
+    p, s = _np(variables["params"]), _np(variables["batch_stats"])
+
+    def conv_bn(h: np.ndarray, name: str, stride: int) -> np.ndarray:
+        return _bn(_conv(h, p[name]["conv"], stride, pad=1), p[name]["bn"], s[name]["bn"])
+
+    h = np.asarray(x, np.float64)
+    expected = conv_bn(_relu(conv_bn(h, "conv1", 2)), "conv2", 1) + conv_bn(h, "downsample", 2)
+    assert expected.shape == (2, 4, 4, 64) and (expected < 0).any()  # negatives survive: no final ReLU
+    _assert_close(block.apply(variables, x), expected)
+    identity = CifarBasicBlock(32)
+    params = jax.eval_shape(identity.init, jax.random.key(0), x)["params"]
+    assert set(params) == {"conv1", "conv2"}  # same shape in and out: identity shortcut
 
 
 # ------------------------------------------------------------------------------------------------
