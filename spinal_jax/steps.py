@@ -104,7 +104,7 @@ def train_step(
     if axis_name is not None:
         grads = jax.lax.pmean(grads, axis_name)
         metrics = jax.lax.pmean(metrics, axis_name)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["learning_rate"] = jnp.asarray(state.opt_state.hyperparams["learning_rate"], jnp.float32)
     new_state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
     return new_state, metrics
