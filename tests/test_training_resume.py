@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import chex
@@ -88,3 +89,42 @@ def test_sigkill_then_sigterm_mid_epoch_then_resume_matches_uninterrupted(uninte
     chex.assert_trees_all_equal(_params(tmp_path), _params(full_dir))
     for key in ("best_validation_accuracy", "test_at_best_validation", "max_test_over_epochs"):
         assert summary[key] == full_summary[key], key
+
+
+def _train_py(workdir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "train.py", "--config=configs/mnist_cnn.py", f"--workdir={workdir}",
+        "--config.max_train_steps=40", "--config.checkpoint_every_steps=10", "--config.data.batch_size=128",
+        "--config.log_every_steps=1", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_train_py_on_the_real_pipeline_resumes_exactly_after_sigterm(tmp_path):
+    """``python train.py`` on real MNIST through spinal_jax.data: SIGTERM once step 10 is saved, rerun,
+    and the parameters at step 40 equal those of an uninterrupted run (data position included)."""
+    from spinal_jax.training import final_params
+
+    full = subprocess.run(_train_py(tmp_path / "full"), cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    workdir = tmp_path / "cut"
+    proc = subprocess.Popen(_train_py(workdir), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 600
+    while not (workdir / "checkpoints" / "10").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "run ended before its first checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    first = json.loads(out[out.index("{") :])
+    assert first["status"] == "interrupted" and 10 <= first["step"] < 40, first
+
+    resumed = subprocess.run(
+        _train_py(workdir), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resumed from {workdir}/checkpoints/{first['step']}" in resumed.stderr
+    chex.assert_trees_all_equal(final_params(workdir), final_params(tmp_path / "full"))
