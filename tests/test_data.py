@@ -373,7 +373,7 @@ assert importlib.util.find_spec("tensorflow") is None, "tensorflow is still impo
 import spinal_jax.data, spinal_jax.data.augment_device, spinal_jax.data.throughput
 from spinal_jax.data import create_input_pipeline
 cfg = json.loads(sys.argv[1])
-pipe = create_input_pipeline(cfg, local_device_count=1, process_index=0, process_count=1)
+pipe = create_input_pipeline(cfg)  # device and process counts from jax: 4 forced CPU devices, 1 process
 batch = next(pipe.train_iterator())
 n = sum(int(b["mask"].sum()) for b in pipe.eval_batches("test"))
 bad = [m for m in sys.modules if m == "tensorflow" or m.startswith("tensorflow.") or m == "torch"]
@@ -394,7 +394,11 @@ def test_train_time_modules_need_no_tensorflow(mnist_config, tmp_path):
         ):
             (view / entry.name).symlink_to(entry)
     repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": f"{view}{os.pathsep}{repo}"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{view}{os.pathsep}{repo}",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    }
     cfg = {k: mnist_config[k] for k in ("name", "data_dir", "manual_dir")}
     cfg.update(batch_size=100, augment="reference")
     out = subprocess.run(
@@ -406,4 +410,17 @@ def test_train_time_modules_need_no_tensorflow(mnist_config, tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result == {"shape": [1, 100, 28, 28, 1], "test": 10000, "tf_modules": []}
+    assert result == {"shape": [4, 25, 28, 28, 1], "test": 10000, "tf_modules": []}
+
+
+def test_worker_processes_give_the_same_batches(quickdraw_config):
+    cfg = _config(quickdraw_config, augment="reference", num_workers=2)
+    with_workers = create_input_pipeline(cfg, local_device_count=1, process_index=0, process_count=1)
+    threads = create_input_pipeline(
+        _config(cfg, num_workers=0), local_device_count=1, process_index=0, process_count=1
+    )
+    a, b = with_workers.train_iterator(), threads.train_iterator()
+    for _ in range(3):
+        x, y = next(a), next(b)
+        np.testing.assert_array_equal(x["image"], y["image"])
+        np.testing.assert_array_equal(x["label"], y["label"])

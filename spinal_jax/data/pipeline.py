@@ -273,6 +273,10 @@ class InputPipeline:
 
     def _maybe_workers(self, ds: grain.IterDataset) -> grain.IterDataset:
         if self.config.num_workers:
+            from absl import flags
+
+            if not flags.FLAGS.is_parsed():  # grain workers read absl flags (plain scripts, pytest)
+                flags.FLAGS.mark_as_parsed()
             return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.config.num_workers))
         return ds
 
