@@ -348,3 +348,18 @@ def test_finetuning_steps_lower_loss(tmp_path):
     # 'full' trains the backbone too (linear_probe / separate_lr: tests/test_finetune.py).
     changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), params, variables["params"])
     assert all(jax.tree.leaves(changed))
+
+
+def test_undetectable_file_and_arch_metadata_check(tmp_path):
+    state = _resnet18_state()
+    del state["fc.bias"]
+    with pytest.raises(pretrained.StateDictMismatchError, match="matches none of resnet18, resnet34"):
+        _convert(state, tmp_path, arch=None)
+    src = save(torch_model("resnet18"), tmp_path)
+    assert convert_main([str(src), str(tmp_path / "ckpt")]) == 0  # arch detected
+    model = create_model("resnet34", 10, head="default")
+    template = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+    with pytest.raises(
+        pretrained.StateDictMismatchError, match="holds 'resnet18' weights, but the model is 'resnet34'"
+    ):
+        pretrained.init_from_pretrained(model, template, tmp_path / "ckpt", arch="resnet34")
