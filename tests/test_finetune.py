@@ -78,3 +78,31 @@ def test_keep_backbone_batch_stats(variables):
     kept = keep_backbone_batch_stats(moved, vgg_like, "classifier")
     chex.assert_trees_all_equal(kept["classifier"], moved["classifier"])
     chex.assert_trees_all_equal(kept["features_1"], vgg_like["features_1"])
+
+
+def test_training_imports_stay_free_of_torch_and_tensorflow():
+    """What the trainer imports (models, pretrained, finetune, convert) loads neither torch nor TF."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, spinal_jax.models, spinal_jax.pretrained, spinal_jax.finetune, spinal_jax.convert\n"
+        "heavy = sorted(m for m in ('torch', 'torchvision', 'tensorflow') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_convert_module_entry_point_reports_missing_file(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "spinal_jax.convert", str(tmp_path / "none.pth"), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "error: No weights file at" in result.stderr
