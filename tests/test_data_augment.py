@@ -215,3 +215,17 @@ def test_device_augment_is_jittable_and_keeps_normalisation():
     np.testing.assert_allclose(np.asarray(out), zeros_raw, atol=1e-6)
     with pytest.raises(ValueError, match="augment_on='host'"):
         make_device_augment("inception", mean, std, (224, 224, 3))
+
+
+def test_inception_policy_and_eval_crop_shapes(cifar):
+    big = np.stack([np.asarray(Image.fromarray(i).resize((300, 240), Image.BICUBIC)) for i in cifar[:20]])
+    rng = np.random.default_rng(6)
+    out = np.stack([H.augment("inception", i, rng, 224) for i in big])
+    assert out.shape == (20, 224, 224, 3) and out.dtype == np.uint8
+    boxes = np.array([H.resized_crop_params(rng, 240, 300, H.SCALE_INCEPTION) for _ in range(2000)])
+    areas = boxes[:, 2] * boxes[:, 3] / (240 * 300)
+    assert areas.min() >= 0.07 and areas.max() <= 1.0 and 0.4 < areas.mean() < 0.65  # E[U(0.08, 1)] = 0.54
+    center = H.resize_center_crop(big[0], 224)  # shorter side 240 -> 256, then the central 224
+    assert center.shape == (224, 224, 3)
+    ref = np.asarray(Image.fromarray(big[0]).resize((320, 256), Image.BILINEAR))[16:240, 48:272]
+    np.testing.assert_array_equal(center, ref)
