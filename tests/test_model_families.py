@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import functools
 import io
+import os
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import chex
 import jax
@@ -24,6 +28,7 @@ from training_helpers.mnist_idx import load_mnist, shared_dir
 from spinal_jax.models import create_model
 from spinal_jax.models.cifar import CifarBasicBlock
 
+REPO = Path(__file__).resolve().parents[1]
 VGG_CFGS = {  # convs per stage of cfgs A, B, D, E; channels 64, 128, 256, 512, 512
     11: (1, 1, 2, 2, 2),
     13: (2, 2, 2, 2, 2),
@@ -560,6 +565,25 @@ def test_cifar_cnn_convs_keep_pytorch_default_init():
     _assert_torch_uniform(params["block2_1"]["conv"]["kernel"], 9 * 256)
     _assert_torch_uniform(params["block2_1"]["conv"]["bias"], 9 * 256)
     assert "bn" in params["block2_0"] and "bn" not in params["block2_1"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Synchronised BatchNorm on real (CPU) devices
+
+
+def test_bn_axis_name_synchronises_every_batch_norm_across_devices():
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.family_helpers.bn_sync", "2"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for case in ("vgg5/spinal", "vgg5/default", "cifar_resnet18/spinal"):
+        assert f"OK {case}: BatchNorm synchronised over 2 devices" in proc.stdout
 
 
 # ------------------------------------------------------------------------------------------------

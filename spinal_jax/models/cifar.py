@@ -90,7 +90,9 @@ class CifarCNN(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         check_head(self.head, "cifar_cnn")
         check_image_shape(x, 3, _EXACT_32, "cifar_cnn", "its heads read the 256x4x4 map of 32x32 images")
-        x = CifarCNNFeatures(self.dtype, self.param_dtype, self.bn_axis_name, name="features")(x, train)
+        x = CifarCNNFeatures(
+            dtype=self.dtype, param_dtype=self.param_dtype, bn_axis_name=self.bn_axis_name, name="features"
+        )(x, train)
         x = flatten_channels_first(x)  # (B, 4096), PyTorch order: the first half is channels 0..127
         if self.head == "spinal":
             width = self.spinal_width or _small_or_large(self.num_classes, 128, 256)
@@ -222,11 +224,12 @@ class CifarBasicBlock(nn.Module):
 
 
 class CifarResNetFeatures(nn.Module):
-    """Stem conv3x3 (3->32, no bias) -> BN -> ReLU -> Dropout2d(0.02), then stages of
+    """Stem conv3x3 (3->32, no bias) -> BN -> ReLU -> Dropout2d(``stem_dropout``, 0.02), then stages of
     :class:`CifarBasicBlock` with 32, 64, 128, 256 channels (strides 1, 2, 2, 2).
     ``(B, 32, 32, 3) -> (B, 4, 4, 256)``."""
 
     stage_sizes: Sequence[int]
+    stem_dropout: float = 0.02
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
@@ -246,15 +249,15 @@ class CifarResNetFeatures(nn.Module):
             bn_axis_name=self.bn_axis_name,
             name="stem",
         )(x, train)
-        x = nn.Dropout(0.02, broadcast_dims=(1, 2), name="dropout2d")(x, deterministic=not train)
+        x = nn.Dropout(self.stem_dropout, broadcast_dims=(1, 2), name="dropout2d")(x, deterministic=not train)
         for i, (width, blocks) in enumerate(zip((32, 64, 128, 256), self.stage_sizes, strict=True)):
             for j in range(blocks):
                 x = CifarBasicBlock(
                     width,
-                    2 if (i > 0 and j == 0) else 1,
-                    self.dtype,
-                    self.param_dtype,
-                    self.bn_axis_name,
+                    strides=2 if (i > 0 and j == 0) else 1,
+                    dtype=self.dtype,
+                    param_dtype=self.param_dtype,
+                    bn_axis_name=self.bn_axis_name,
                     name=f"stage{i + 1}_{j}",
                 )(x, train)
         return x
@@ -270,6 +273,7 @@ class CifarResNet(nn.Module):
         256x2x2 -> SpinalFC reading one spatial position per sub-layer, (0,0), (0,1), (1,0), (1,1),
         no dropout or BN).
       spinal_width: w; None = the reference's 256 for C <= 10, 512 otherwise.
+      stem_dropout: the stem's Dropout2d rate (0.02 in the reference).
       dtype: compute dtype (None = float32); param_dtype: parameter dtype.
       bn_axis_name: pmap axis over which BatchNorm statistics are averaged in training.
     Init: convs He normal fan_out, BN 1/0, Linear kernels PyTorch's default with zero biases (the
@@ -281,6 +285,7 @@ class CifarResNet(nn.Module):
     num_classes: int = 10
     head: str = "spinal"
     spinal_width: int | None = None
+    stem_dropout: float = 0.02
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
@@ -291,7 +296,12 @@ class CifarResNet(nn.Module):
         check_head(self.head, label)
         check_image_shape(x, 3, _EXACT_32, label, "its heads read the 256x4x4 map of 32x32 images")
         x = CifarResNetFeatures(
-            self.stage_sizes, self.dtype, self.param_dtype, self.bn_axis_name, name="features"
+            self.stage_sizes,
+            stem_dropout=self.stem_dropout,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            bn_axis_name=self.bn_axis_name,
+            name="features",
         )(x, train)
         if self.head == "spinal":
             width = self.spinal_width or _small_or_large(self.num_classes, 256, 512)

@@ -75,7 +75,7 @@ class MnistCNN(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         check_head(self.head, "mnist_cnn")
         _check_input(x, "mnist_cnn")
-        _, conv2 = MnistFeatures(self.dtype, self.param_dtype, name="features")(x, train)
+        _, conv2 = MnistFeatures(dtype=self.dtype, param_dtype=self.param_dtype, name="features")(x, train)
         features = flatten_channels_first(conv2)  # (B, 320)
         if self.head == "spinal":
             logits = SpinalFC(
@@ -146,10 +146,16 @@ class MnistArch2(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         check_head(self.head, "mnist_arch2")
         _check_input(x, "mnist_arch2")
-        conv1, conv2 = MnistFeatures(self.dtype, self.param_dtype, name="features")(x, train)
+        conv1, conv2 = MnistFeatures(dtype=self.dtype, param_dtype=self.param_dtype, name="features")(
+            x, train
+        )
         if self.head == "spinal":
             logits = Arch2Head(
-                self.num_classes, self.spinal_width, self.dtype, self.param_dtype, name="head"
+                self.num_classes,
+                width=self.spinal_width,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="head",
             )(flatten_channels_first(x), flatten_channels_first(conv1), flatten_channels_first(conv2), train)
         else:
             logits = _default_head(self.num_classes, self.dtype, self.param_dtype)(

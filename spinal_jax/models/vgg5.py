@@ -57,10 +57,10 @@ class VGG5(nn.Module):
         check_image_shape(x, 1, INPUT_SIZES, "vgg5", "the backbone must reduce them to 256x1x1")
         x = VGGFeatures(
             VGG5_CONFIG,
-            kaiming_normal_fan_out,
-            self.dtype,
-            self.param_dtype,
-            self.bn_axis_name,
+            kernel_init=kaiming_normal_fan_out,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            bn_axis_name=self.bn_axis_name,
             name="features",
         )(x, train)
         x = flatten_channels_first(x)  # (B, 256)
