@@ -317,12 +317,12 @@ def train_and_evaluate(
                     end_epoch()
                 elif config.checkpoint_every_steps and loop["step"] % config.checkpoint_every_steps == 0:
                     save()
-                if stop.received is not None:
+                if _stop_agreed(stop, loop["step"], config.log_every_steps):
                     if loop["step"] % spe:
                         save()
                     status = "interrupted"
                     log.warning(
-                        "Signal %d: saved step %d to %s; run the same command again to resume.",
+                        "Signal %s: saved step %d to %s; run the same command again to resume.",
                         stop.received,
                         loop["step"],
                         ckpt.latest_dir,
@@ -342,6 +342,19 @@ def train_and_evaluate(
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
         log.info("Summary: %s", json.dumps(summary))
     return summary
+
+
+def _stop_agreed(stop: _StopSignal, step: int, every: int) -> bool:
+    """Whether to stop now. With several processes the flags are gathered every ``every`` steps, so
+    all processes stop (and save, a collective) at the same step even if only one got the signal."""
+    if jax.process_count() == 1:
+        return stop.received is not None
+    if step % every:
+        return False
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.asarray(stop.received is not None, np.int32))
+    return bool(np.any(flags))
 
 
 def _device_augment(config: ml_collections.ConfigDict, pipe: Any) -> Callable[..., Any] | None:
