@@ -309,6 +309,8 @@ def test_config_errors():
         validate_data_config({"name": "mnistt"})
     with pytest.raises(ValueError, match=r"data\.augment_on: 'gpu' is not one of"):
         validate_data_config({"augment_on": "gpu"})
+    with pytest.raises(ValueError, match=r"data\.batch_size: 12.5 has the wrong type"):
+        validate_data_config({"batch_size": 12.5})
     with pytest.raises(ValueError, match=r"data\.validation_fraction"):
         validate_data_config({"validation_fraction": 1.5})
 
@@ -376,6 +378,11 @@ cfg = json.loads(sys.argv[1])
 pipe = create_input_pipeline(cfg)  # device and process counts from jax: 4 forced CPU devices, 1 process
 batch = next(pipe.train_iterator())
 n = sum(int(b["mask"].sum()) for b in pipe.eval_batches("test"))
+try:  # preparing a stock builder is the one thing that needs TensorFlow: a clear error says so
+    create_input_pipeline({**cfg, "data_dir": sys.argv[2]})
+    raise AssertionError("preparing mnist without TensorFlow did not raise")
+except spinal_jax.data.DataPreparationError as err:
+    assert "needs TensorFlow" in str(err) and "spinal_jax[prepare]" in str(err), err
 bad = [m for m in sys.modules if m == "tensorflow" or m.startswith("tensorflow.") or m == "torch"]
 print(json.dumps({"shape": list(batch["image"].shape), "test": n, "tf_modules": bad}))
 """
@@ -402,7 +409,7 @@ def test_train_time_modules_need_no_tensorflow(mnist_config, tmp_path):
     cfg = {k: mnist_config[k] for k in ("name", "data_dir", "manual_dir")}
     cfg.update(batch_size=100, augment="reference")
     out = subprocess.run(
-        [sys.executable, "-S", "-c", _NO_TF_SCRIPT, json.dumps(cfg)],
+        [sys.executable, "-S", "-c", _NO_TF_SCRIPT, json.dumps(cfg), str(tmp_path / "empty")],
         env=env,
         capture_output=True,
         text=True,

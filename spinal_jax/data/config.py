@@ -61,7 +61,10 @@ def validate_data_config(config: Mapping[str, Any] | ml_collections.ConfigDict) 
     for key, value in given.items():
         if key not in c:
             raise ValueError(f"data.{key}: unknown data config field; known fields: {sorted(c.keys())}.")
-        c[key] = tuple(value) if isinstance(value, list) else value
+        try:
+            c[key] = tuple(value) if isinstance(value, list) else value
+        except TypeError as err:
+            raise ValueError(f"data.{key}: {value!r} has the wrong type ({err}).") from err
     get_dataset_spec(c.name)
     for key, choices in _CHOICES.items():
         if c[key] not in choices:
