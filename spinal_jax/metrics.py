@@ -7,8 +7,26 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
+
+
+def _summary_writer_class() -> type:
+    """tensorboardX's SummaryWriter, imported without importing torch.
+
+    tensorboardX imports torch whenever it is installed (only to accept torch tensors); the trainer
+    logs Python floats, so torch is hidden from that import to keep it out of training processes.
+    """
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # makes `import torch` raise ImportError
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if hide:
+            del sys.modules["torch"]
+    return SummaryWriter
 
 
 class MetricWriter:
@@ -24,9 +42,7 @@ class MetricWriter:
         self.workdir = Path(workdir)
         self._tb = None
         if enabled:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(str(self.workdir / "tb"))
+            self._tb = _summary_writer_class()(str(self.workdir / "tb"))
             self._jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
 
     def write(self, step: int, kind: str, metrics: dict[str, float]) -> None:

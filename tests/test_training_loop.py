@@ -159,3 +159,34 @@ def test_weight_decay_skips_biases_and_batchnorm():
         expected = -0.1 * p if path[-1].key == "kernel" else jnp.zeros_like(p)
         np.testing.assert_allclose(u, expected, rtol=1e-6)
     assert isinstance(tx, optax.GradientTransformation)
+
+
+def test_trainer_imports_load_neither_torch_nor_tensorflow_and_tensorboard_gets_scalars(tmp_path):
+    """torch is installed here (tensorboardX would import it); the training process must not load it."""
+    import struct
+    import subprocess
+    import sys
+
+    from tensorboardX.proto import event_pb2
+
+    code = (
+        "import sys\n"
+        "import spinal_jax.training, spinal_jax.evaluate, spinal_jax.checkpoints, spinal_jax.data\n"
+        "from spinal_jax.metrics import MetricWriter\n"
+        f"w = MetricWriter({str(tmp_path)!r}); w.write(3, 'train', {{'loss': 0.5}}); w.close()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'tensorflow')))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+    (events,) = (tmp_path / "tb").glob("events.out.tfevents.*")
+    data, scalars = events.read_bytes(), []
+    while data:  # TFRecord: uint64 length, uint32 crc, payload, uint32 crc
+        (length,) = struct.unpack("<Q", data[:8])
+        event = event_pb2.Event.FromString(data[12 : 12 + length])
+        scalars += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
+        data = data[16 + length :]
+    assert scalars == [(3, "train/loss", 0.5)]
+    row = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert row == {"step": 3, "kind": "train", "loss": 0.5}
