@@ -38,6 +38,20 @@ def train_forward(model, variables, x):
     return model.apply(variables, x, train=True, mutable=["batch_stats"])
 
 
+def random_variables(model, x) -> dict:
+    """Seeded values of the init's tree and shapes (cheaper than compiling ``init`` on a CPU)."""
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+    draw = np.random.default_rng(1)
+
+    def fill(leaf):
+        if leaf.ndim == 1:  # biases, BN scale/bias and running mean/var: around 1, all positive
+            return (1.0 + 0.1 * draw.uniform(-1, 1, leaf.shape)).astype(leaf.dtype)
+        fan_in = leaf.shape[-2] if leaf.ndim == 3 else np.prod(leaf.shape[:-1])  # SpinalFC (L, s, w)
+        return draw.normal(0.0, 1.0 / np.sqrt(fan_in), leaf.shape).astype(leaf.dtype)
+
+    return jax.tree.map(fill, shapes)
+
+
 def pmapped(name: str, head: str, overrides: dict, axis: str | None):
     model = create_model(name, num_classes=10, head=head, bn_axis_name=axis, **overrides)
     return jax.pmap(lambda v, xs: train_forward(model, v, xs), axis_name="batch", in_axes=(None, 0))
@@ -45,7 +59,7 @@ def pmapped(name: str, head: str, overrides: dict, axis: str | None):
 
 for i, (name, head, overrides, x) in enumerate(CASES):
     single_model = create_model(name, num_classes=10, head=head, **overrides)
-    variables = jax.jit(single_model.init)(jax.random.key(0, impl="rbg"), x)
+    variables = random_variables(single_model, x)
     logits, stats = jax.jit(train_forward, static_argnums=0)(single_model, variables, x)
     sharded = x.reshape(N, PER_DEVICE, *x.shape[1:])
     synced_logits, synced_stats = pmapped(name, head, overrides, "batch")(variables, sharded)
