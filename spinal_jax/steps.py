@@ -105,8 +105,9 @@ def train_step(
         grads = jax.lax.pmean(grads, axis_name)
         metrics = jax.lax.pmean(metrics, axis_name)
     metrics["grad_norm"] = optax.tree.norm(grads)
-    metrics["learning_rate"] = jnp.asarray(state.opt_state.hyperparams["learning_rate"], jnp.float32)
     new_state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
+    # inject_hyperparams stores the rate it just applied (a schedule's value at the old count).
+    metrics["learning_rate"] = jnp.asarray(new_state.opt_state.hyperparams["learning_rate"], jnp.float32)
     return new_state, metrics
 
 
