@@ -181,6 +181,12 @@ def test_iterator_state_restores_exact_batches(mnist_config, augment):
     )
     with pytest.raises(ValueError, match="does not match this pipeline"):
         other.train_iterator().set_state(state)
+    flipped = "none" if augment == "reference" else "reference"
+    changed = create_input_pipeline(
+        _config(cfg, augment=flipped), local_device_count=2, process_index=0, process_count=1
+    )
+    with pytest.raises(ValueError, match="'stream'"):
+        changed.train_iterator().set_state(state)
 
 
 def test_epochs_roll_over_with_new_order(mnist_config):

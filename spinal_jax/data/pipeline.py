@@ -10,7 +10,9 @@ iterator state is just ``k``: restoring it gives exactly the batches an uninterr
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -104,6 +106,7 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
             "process_index": p.process_index,
             "process_count": p.process_count,
             "num_train_examples": p.num_examples["train"],
+            "stream": p.stream_fingerprint(),
         }
 
     def get_state(self) -> dict[str, Any]:
@@ -180,6 +183,20 @@ class InputPipeline:
             from spinal_jax.data.augment_device import make_device_augment
 
             self.device_augment = make_device_augment(self.policy, self.mean, self.std, self.image_shape)
+
+    def stream_fingerprint(self) -> str:
+        """Hash of the config fields that decide the train batches (not paths, workers or eval settings)."""
+        ignored = {
+            "data_dir",
+            "manual_dir",
+            "num_workers",
+            "num_threads",
+            "prefetch",
+            "prepare",
+            "eval_batch_size",
+        }
+        fields = {k: v for k, v in self.config.to_dict().items() if k not in ignored}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
     # -- splits -----------------------------------------------------------------------------------------
     def _split_indices(self, info) -> dict[str, tuple[str, np.ndarray]]:
