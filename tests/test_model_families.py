@@ -258,7 +258,13 @@ def _initialised(name: str, head: str, classes: int = 10) -> tuple[nn.Module, di
     return model, variables, x
 
 
-FORWARD_CASES = [(name, head) for name in SMALL_MODELS for head in ("default", "spinal")]
+# mnist_cnn, mnist_arch2, vgg5 and cifar_cnn run on real images against a NumPy reference below.
+FORWARD_CASES = [
+    (name, head)
+    for name in SMALL_MODELS
+    if name.startswith(("cifar_vgg", "cifar_resnet"))
+    for head in ("default", "spinal")
+]
 
 
 @pytest.mark.parametrize("name, head", FORWARD_CASES, ids=[f"{n}-{h}" for n, h in FORWARD_CASES])
@@ -365,10 +371,12 @@ def test_mnist_models_equal_a_numpy_reference(name, head):
             axis=1,
         )
         expected = _dense(np.maximum(_dense(z, hp["fc1"]), 0), hp["fc2"])
-    chex.assert_trees_all_close(np.asarray(logits, np.float64), expected, rtol=1e-5, atol=1e-5)
+    _assert_close(logits, expected)
 
 
 def _assert_close(actual: jax.Array, expected: np.ndarray) -> None:
+    chex.assert_type(actual, jnp.float32)
+    chex.assert_shape(actual, expected.shape)
     scale = float(np.abs(expected).max())
     assert scale > 0
     np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=1e-4, atol=1e-5 * scale)
@@ -491,7 +499,7 @@ def test_spinal_resnet_head_equals_the_reference_quadrant_order():
     out1 = np.asarray(fmap, np.float64).transpose(0, 3, 1, 2).reshape(2, 256, 2, 2, 2, 2).max(axis=(3, 5))
     quadrants = [out1[:, :, 0, 0], out1[:, :, 0, 1], out1[:, :, 1, 0], out1[:, :, 1, 1]]
     expected = _spinal(quadrants, _np(variables["params"]["head"]))
-    chex.assert_trees_all_close(np.asarray(logits, np.float64), expected, rtol=1e-5, atol=1e-5)
+    _assert_close(logits, expected)
     assert variables["params"]["head"]["input_kernel"].shape == (4, 256, 256)
 
 
@@ -502,7 +510,7 @@ def test_resnet_default_head_is_a_4x4_max_pool_and_a_linear():
         logits = model.apply(variables, batch)
     pooled = np.asarray(fmap, np.float64).max(axis=(1, 2))
     expected = _dense(pooled, _np(variables["params"]["head"]))
-    chex.assert_trees_all_close(np.asarray(logits, np.float64), expected, rtol=1e-5, atol=1e-5)
+    _assert_close(logits, expected)
 
 
 # ------------------------------------------------------------------------------------------------
