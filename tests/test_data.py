@@ -437,3 +437,56 @@ def test_worker_processes_give_the_same_batches(quickdraw_config):
         x, y = next(a), next(b)
         np.testing.assert_array_equal(x["image"], y["image"])
         np.testing.assert_array_equal(x["label"], y["label"])
+
+
+_DISTRIBUTED_SCRIPT = """
+import json, sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(f"127.0.0.1:{sys.argv[1]}", num_processes=2, process_id=int(sys.argv[2]))
+from spinal_jax.data import create_input_pipeline
+pipe = create_input_pipeline(json.loads(sys.argv[3]))  # process index / count / devices from jax
+records = pipe.train_records()
+per_epoch = pipe.steps_per_epoch * pipe.global_batch_size // pipe.process_count
+shard, steps = pipe.eval_shard("test")
+batch = next(pipe.train_iterator())
+real = sum(int(b["mask"].sum()) for b in pipe.eval_batches("test"))
+print(json.dumps({"process": [jax.process_index(), jax.process_count()], "batch": list(batch["image"].shape),
+                  "train": [records.record_index(i) for i in range(per_epoch)], "test": shard.tolist(),
+                  "eval_steps": steps, "eval_real": real}))
+"""
+
+
+def test_two_real_processes_read_disjoint_shards(quickdraw_config):
+    """Two processes joined by jax.distributed (gloo), each with 2 CPU devices; the pipeline asks jax."""
+    import socket
+
+    create_input_pipeline(quickdraw_config, local_device_count=1, process_index=0, process_count=1)  # prepare
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = {k: quickdraw_config[k] for k in ("name", "data_dir", "manual_dir", "augment")}
+    cfg.update(classes=list(QUICKDRAW), batch_size=100, eval_batch_size=1000)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _DISTRIBUTED_SCRIPT, str(port), str(i), json.dumps(cfg)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert [r["process"] for r in results] == [[0, 2], [1, 2]]
+    assert all(r["batch"] == [2, 25, 28, 28, 1] for r in results)
+    train = [set(r["train"]) for r in results]
+    assert not train[0] & train[1] and len(train[0] | train[1]) == 13500  # 13,500 = 135 steps x 100
+    assert sorted(results[0]["test"] + results[1]["test"]) == list(range(3000))
+    assert results[0]["eval_steps"] == results[1]["eval_steps"] == 3
+    assert results[0]["eval_real"] + results[1]["eval_real"] == 3000
