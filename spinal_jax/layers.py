@@ -288,7 +288,7 @@ class SpinalFC(nn.Module):
         def bias_init(key: Array, shape: Sequence[int], dtype: Dtype) -> Array:
             keys = jax.random.split(key, shape[0])
             fans = [s if j == 0 else s + w for j in range(shape[0])]
-            return jnp.stack([torch_bias_init(f)(kk, (w,), dtype) for kk, f in zip(keys, fans)])
+            return jnp.stack([torch_bias_init(f)(kk, (w,), dtype) for kk, f in zip(keys, fans, strict=True)])
 
         input_kernel = self.param("input_kernel", input_init, (stored, s, w), self.param_dtype)
         hidden_kernel = (

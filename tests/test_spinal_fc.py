@@ -32,7 +32,7 @@ def _numpy_spinal(x, weights, biases, readout_w, readout_b, *, k, n, act, bn=Non
         tiled = x
         while tiled.shape[1] < k * s:
             tiled = np.concatenate([tiled, x], axis=1)
-        chunks = [tiled[:, i * s:(i + 1) * s] for i in range(k)]
+        chunks = [tiled[:, i * s : (i + 1) * s] for i in range(k)]
     zs = []
     z = None
     for i in range(k):
@@ -74,7 +74,7 @@ def _randomise(variables, key):
     leaves, tree = jax.tree.flatten_with_path(variables)
     keys = jax.random.split(key, len(leaves))
     out = []
-    for (path, leaf), kk in zip(leaves, keys):
+    for (path, leaf), kk in zip(leaves, keys, strict=True):
         value = jax.random.normal(kk, leaf.shape, leaf.dtype) * 0.5
         if "var" in jax.tree_util.keystr(path):
             value = jnp.abs(value) + 0.5
@@ -115,12 +115,25 @@ def test_matches_numpy_reference(name, fused):
     bn = None
     if kw.get("use_bn"):
         stats = variables["batch_stats"]
-        bn = [(stats[f"bn_{i}"]["mean"], stats[f"bn_{i}"]["var"],
-               params[f"bn_{i}"]["scale"], params[f"bn_{i}"]["bias"]) for i in range(k)]
+        bn = [
+            (
+                stats[f"bn_{i}"]["mean"],
+                stats[f"bn_{i}"]["var"],
+                params[f"bn_{i}"]["scale"],
+                params[f"bn_{i}"]["bias"],
+            )
+            for i in range(k)
+        ]
     want = _numpy_spinal(
-        x, weights, biases,
-        np.asarray(params["readout"]["kernel"]).T, np.asarray(params["readout"]["bias"], np.float64),
-        k=k, n=kw.get("num_splits", 2), act=ACTS[kw.get("activation", "relu")], bn=bn,
+        x,
+        weights,
+        biases,
+        np.asarray(params["readout"]["kernel"]).T,
+        np.asarray(params["readout"]["bias"], np.float64),
+        k=k,
+        n=kw.get("num_splits", 2),
+        act=ACTS[kw.get("activation", "relu")],
+        bn=bn,
         spatial=kw.get("spatial", False),
     )
     assert got.shape == (5, classes)
@@ -138,7 +151,9 @@ def test_features_without_readout():
     np.testing.assert_allclose(module.apply(variables, x), want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kw", [dict(use_bn=True), dict(share_weights=True, num_layers=5), dict(num_splits=3)])
+@pytest.mark.parametrize(
+    "kw", [dict(use_bn=True), dict(share_weights=True, num_layers=5), dict(num_splits=3)]
+)
 def test_fused_equals_layer_by_layer_in_training(kw):
     """With dropout off, the train-mode forward (batch statistics) and its gradients agree too."""
     module = SpinalFC(width=8, num_classes=4, **kw)
@@ -147,8 +162,9 @@ def test_fused_equals_layer_by_layer_in_training(kw):
 
     def loss(params, fused):
         out, _ = module.clone(fused=fused).apply(
-            {**variables, "params": params}, x, train=True, mutable=["batch_stats"])
-        return jnp.sum(out ** 2), out
+            {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+        )
+        return jnp.sum(out**2), out
 
     (l1, o1), g1 = jax.value_and_grad(loss, has_aux=True)(variables["params"], True)
     (l2, o2), g2 = jax.value_and_grad(loss, has_aux=True)(variables["params"], False)
@@ -174,8 +190,12 @@ def test_initialisation_matches_pytorch_bounds():
 @pytest.mark.parametrize("seed", range(5))
 def test_param_count_matches_formula(seed):
     rng = np.random.default_rng(seed)
-    d, k, w, c = int(rng.integers(8, 500)), int(rng.integers(1, 9)), int(rng.integers(1, 64)), int(
-        rng.integers(2, 200))
+    d, k, w, c = (
+        int(rng.integers(8, 500)),
+        int(rng.integers(1, 9)),
+        int(rng.integers(1, 64)),
+        int(rng.integers(2, 200)),
+    )
     bn = bool(rng.integers(0, 2))
     module = SpinalFC(width=w, num_classes=c, num_layers=k, use_bn=bn)
     shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((2, d)))
@@ -187,8 +207,9 @@ def test_bf16_compute_keeps_fp32_params():
     module = SpinalFC(width=32, num_classes=10, use_bn=True, dtype=jnp.bfloat16)
     x = jax.random.normal(jax.random.key(0), (8, 64))
     variables = module.init(jax.random.key(1), x)
-    chex.assert_trees_all_equal_dtypes(variables["params"], jax.tree.map(
-        lambda a: a.astype(jnp.float32), variables["params"]))
+    chex.assert_trees_all_equal_dtypes(
+        variables["params"], jax.tree.map(lambda a: a.astype(jnp.float32), variables["params"])
+    )
     out = module.apply(variables, x)
     assert out.dtype == jnp.bfloat16
     ref = module.clone(dtype=jnp.float32).apply(variables, x)
@@ -201,8 +222,9 @@ def test_dropout_train_differs_across_rngs_eval_is_deterministic():
     variables = module.init(jax.random.key(1), x)
 
     def train(seed):
-        out, _ = module.apply(variables, x, train=True, rngs={"dropout": jax.random.key(seed)},
-                              mutable=["batch_stats"])
+        out, _ = module.apply(
+            variables, x, train=True, rngs={"dropout": jax.random.key(seed)}, mutable=["batch_stats"]
+        )
         return np.asarray(out)
 
     assert not np.allclose(train(0), train(1))
@@ -216,7 +238,8 @@ def test_dropout_masks_are_independent_per_sub_layer():
     x = jnp.ones((1, 200))
     variables = module.init(jax.random.key(0), x)
     params = jax.tree.map(jnp.zeros_like, variables["params"])
-    # Only sub-layers 1 and 3 see the input, through identical all-ones kernels: z_1 == z_3 unless masks differ.
+    # Only sub-layers 1 and 3 see the input, through identical all-ones kernels:
+    # z_1 == z_3 unless the masks differ.
     params["input_kernel"] = params["input_kernel"].at[0].set(1.0).at[2].set(1.0)
     out = module.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.key(7)})
     z1, z3 = np.asarray(out[0, :4]), np.asarray(out[0, 8:12])
