@@ -111,24 +111,31 @@ def train_step(
     return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: Batch, *, axis_name: str | None = AXIS) -> dict[str, jax.Array]:
-    """Sums over the real examples of ``batch`` (``mask (b,)`` bool marks them), across devices.
-
-    Returns ``count``, ``correct`` (top-1), ``correct_top5`` and ``loss_sum`` (cross-entropy).
-    """
-    logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, batch["image"])
+def eval_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+    """``count``, ``correct`` (top-1), ``correct_top5`` and ``loss_sum`` over the examples ``mask`` marks."""
     logits = logits.astype(jnp.float32)
-    labels = batch["label"]
-    mask = batch["mask"].astype(jnp.float32)
+    mask = mask.astype(jnp.float32)
     top1 = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
     k = min(5, logits.shape[-1])
     top5 = jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1).astype(jnp.float32)
-    sums = {
+    return {
         "count": mask.sum(),
         "correct": (top1 * mask).sum(),
         "correct_top5": (top5 * mask).sum(),
         "loss_sum": (cross_entropy(logits, labels) * mask).sum(),
     }
+
+
+def _eval_logits(state: TrainState, images: jax.Array) -> jax.Array:
+    return state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, images)
+
+
+def eval_step(state: TrainState, batch: Batch, *, axis_name: str | None = AXIS) -> dict[str, jax.Array]:
+    """Sums over the real examples of ``batch`` (``mask (b,)`` bool marks them), across devices.
+
+    Returns ``count``, ``correct`` (top-1), ``correct_top5`` and ``loss_sum`` (cross-entropy).
+    """
+    sums = eval_sums(_eval_logits(state, batch["image"]), batch["label"], batch["mask"])
     if axis_name is not None:
         sums = jax.lax.psum(sums, axis_name)
     return sums
@@ -143,3 +150,164 @@ def pmap_train_step(label_smoothing: float = 0.0, augment: Augment | None = None
 def pmap_eval_step() -> Callable[..., Any]:
     """``eval_step`` pmapped over the local devices."""
     return jax.pmap(functools.partial(eval_step, axis_name=AXIS), axis_name=AXIS)
+
+
+# -- Whole epochs over device-resident data (the accelerator path; see spinal_jax.resident) ---------------
+# On a CPU a scanned step runs many times slower than the same step called from Python, so the per-step
+# functions above stay the default; these are for GPUs/TPUs, where per-step dispatch dominates small models.
+
+
+def epoch_permutation(seed: int, epoch: jax.Array, n: int) -> jax.Array:
+    """The order of the ``n`` resident train examples in ``epoch``: ``permutation(fold_in(PRNGKey(seed),
+    epoch), n)``, drawn on the device (the same on every device and process)."""
+    return jax.random.permutation(jax.random.fold_in(jax.random.PRNGKey(seed), epoch), n)
+
+
+def normalize_images(
+    images: jax.Array, mean: tuple[float, ...] | None, std: tuple[float, ...] | None
+) -> jax.Array:
+    """uint8 images -> float32 ``(x / 255 - mean) / std`` (the pipeline's normalisation); float images
+    are returned as they are."""
+    if images.dtype != jnp.uint8:
+        return images
+    scaled = images.astype(jnp.float32) / 255.0
+    return (scaled - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def epoch_batch(
+    data: Batch,
+    perm: jax.Array,
+    start: jax.Array,
+    batch_size: int,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> Batch:
+    """``{'image', 'label'}`` of the examples at positions ``[start, start + batch_size)`` of ``perm``."""
+    idx = jax.lax.dynamic_slice_in_dim(perm, start, batch_size)
+    images = normalize_images(jnp.take(data["image"], idx, axis=0), mean, std)
+    return {"image": images, "label": jnp.take(data["label"], idx, axis=0)}
+
+
+def train_epoch(
+    state: TrainState,
+    data: Batch,
+    offset: jax.Array,
+    epoch: jax.Array,
+    *,
+    seed: int,
+    steps_per_epoch: int,
+    batch_size: int,
+    stride: int,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    label_smoothing: float = 0.0,
+    augment: Augment | None = None,
+    axis_name: str | None = AXIS,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One epoch of :func:`train_step` as a ``lax.scan`` over the resident ``data = {'image': (N, H, W, C),
+    'label': (N,)}`` (the whole train split, on this device).
+
+    Step ``k`` trains on positions ``[offset + k * stride, ... + batch_size)`` of
+    :func:`epoch_permutation` ``(seed, epoch, N)``: ``batch_size`` is the per-device batch, ``stride``
+    the per-process batch and ``offset`` this device's first position (see :class:`spinal_jax.resident.
+    ResidentData`). Each step is exactly ``train_step`` (same rng convention), so the final state equals
+    that of calling ``train_step`` on the same batches one by one. Returns the state and the per-step
+    metrics stacked along a leading ``steps_per_epoch`` axis.
+    """
+    perm = epoch_permutation(seed, epoch, data["label"].shape[0])
+
+    def body(state: TrainState, k: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+        batch = epoch_batch(data, perm, offset + k * stride, batch_size, mean, std)
+        return train_step(state, batch, label_smoothing=label_smoothing, augment=augment, axis_name=axis_name)
+
+    return jax.lax.scan(body, state, jnp.arange(steps_per_epoch, dtype=jnp.int32))
+
+
+def eval_resident(
+    state: TrainState,
+    data: Batch,
+    *,
+    num_splits: int,
+    batch_size: int,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    axis_name: str | None = AXIS,
+) -> dict[str, jax.Array]:
+    """:func:`eval_step` sums of every resident eval split at once, as a ``lax.scan`` over batches.
+
+    ``data = {'image': (M, H, W, C), 'label': (M,), 'split': (M,) int32}``, ``M`` a multiple of
+    ``batch_size``; ``split`` is the example's split number (``-1``: padding, counted nowhere). Returns
+    each sum with a leading ``num_splits`` axis, summed over all devices.
+    """
+    chunks = jax.tree.map(lambda x: x.reshape(-1, batch_size, *x.shape[1:]), data)
+    splits = jnp.arange(num_splits, dtype=jnp.int32)
+
+    def body(totals: dict[str, jax.Array], batch: Batch) -> tuple[dict[str, jax.Array], None]:
+        logits = _eval_logits(state, normalize_images(batch["image"], mean, std))
+        masks = batch["split"][None, :] == splits[:, None]
+        sums = jax.vmap(lambda m: eval_sums(logits, batch["label"], m))(masks)
+        return jax.tree.map(jnp.add, totals, sums), None
+
+    zeros = {
+        k: jnp.zeros((num_splits,), jnp.float32) for k in ("count", "correct", "correct_top5", "loss_sum")
+    }
+    totals, _ = jax.lax.scan(body, zeros, chunks)
+    if axis_name is not None:
+        totals = jax.lax.psum(totals, axis_name)
+    return totals
+
+
+@functools.lru_cache(maxsize=16)
+def pmap_train_epoch(
+    *,
+    seed: int,
+    steps_per_epoch: int,
+    batch_size: int,
+    stride: int,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    label_smoothing: float = 0.0,
+    augment: Augment | None = None,
+) -> Callable[..., Any]:
+    """:func:`train_epoch` pmapped over the local devices: ``fn(p_state, data, offsets, epoch)`` with
+    ``data`` and ``offsets`` per device (leading axis) and ``epoch`` an int32 scalar; the state is donated.
+    Cached, so runs of the same shape in one process share the compiled epoch."""
+    fn = functools.partial(
+        train_epoch,
+        seed=seed,
+        steps_per_epoch=steps_per_epoch,
+        batch_size=batch_size,
+        stride=stride,
+        mean=mean,
+        std=std,
+        label_smoothing=label_smoothing,
+        augment=augment,
+        axis_name=AXIS,
+    )
+    return jax.pmap(fn, axis_name=AXIS, in_axes=(0, 0, 0, None), donate_argnums=(0,))
+
+
+@functools.lru_cache(maxsize=16)
+def pmap_eval_resident(
+    *,
+    num_splits: int,
+    batch_size: int,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> Callable[..., Any]:
+    """:func:`eval_resident` pmapped over the local devices: ``fn(p_state, data)``."""
+    fn = functools.partial(
+        eval_resident, num_splits=num_splits, batch_size=batch_size, mean=mean, std=std, axis_name=AXIS
+    )
+    return jax.pmap(fn, axis_name=AXIS)
+
+
+_identity = jax.pmap(lambda tree: tree, axis_name=AXIS)
+
+
+def on_devices(tree: Any) -> Any:
+    """``tree`` (leading local-device axis; device or host arrays) as a pmap output: on the local devices
+    with the sharding pmapped functions return. Passing such arrays to a pmapped function again never
+    recompiles it, where arrays from ``jax_utils.replicate`` or numpy (e.g. a learning rate the plateau
+    rule set) would, once each."""
+    return _identity(tree)

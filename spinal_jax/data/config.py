@@ -28,6 +28,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.augment = "reference"  # 'reference' | 'none'
     c.augment_policy = ""  # '' -> the data set's reference policy; else one of catalog.POLICIES
     c.augment_on = "host"  # 'host' (grain workers) | 'device' (pipe.device_augment inside the train step)
+    # Accelerators: load every split onto the devices once and train whole epochs as one compiled scan
+    # (spinal_jax.resident); needs augment_on='device'. Slow on CPUs: keep False there.
+    c.device_resident = False
     c.seed = 0
     c.image_size = 0  # 0 -> native size (ImageNet: 224); else train crops / eval resizes to this square size
     c.mean = ()  # per-channel mean of [0, 1] images; () -> the data set's reference value
@@ -69,6 +72,13 @@ def validate_data_config(config: Mapping[str, Any] | ml_collections.ConfigDict) 
     for key, choices in _CHOICES.items():
         if c[key] not in choices:
             raise ValueError(f"data.{key}: {c[key]!r} is not one of {choices}.")
+    if not isinstance(c.device_resident, bool):
+        raise ValueError(f"data.device_resident: must be True or False, got {c.device_resident!r}.")
+    if c.device_resident and c.augment_on != "device":
+        raise ValueError(
+            f"data.device_resident=True keeps the data on the devices, so augmentation must run there too: "
+            f"set data.augment_on='device' (got {c.augment_on!r})."
+        )
     if c.augment_policy and c.augment_policy not in POLICIES:
         raise ValueError(f"data.augment_policy: {c.augment_policy!r} is not '' or one of {POLICIES}.")
     for key in ("batch_size", "eval_batch_size"):

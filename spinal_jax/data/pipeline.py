@@ -15,6 +15,7 @@ import io
 import json
 import math
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grain
@@ -194,6 +195,7 @@ class InputPipeline:
             "prefetch",
             "prepare",
             "eval_batch_size",
+            "device_resident",  # resident runs do not read this stream
         }
         fields = {k: v for k, v in self.config.to_dict().items() if k not in ignored}
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=list).encode()).hexdigest()[:16]
@@ -346,20 +348,28 @@ class InputPipeline:
         )
         return iter(ds.to_iter_dataset(self._read_options()))
 
-    def device_split(self, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-        """The whole ``split`` (all processes' examples, in split order): float32 normalised images
-        ``(N, H, W, C)`` and int32 labels ``(N,)``; no augmentation (apply ``device_augment`` per step)."""
+    def device_split(self, split: str = "train", normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """The whole ``split`` (all processes' examples, in split order): images ``(N, H, W, C)``, float32
+        normalised (or the uint8 pixels with ``normalize=False``), and int32 labels ``(N,)``; no
+        augmentation (apply ``device_augment`` per step). Read in chunks, decoded by ``num_threads``
+        threads."""
         tfds_split, indices = self.split_record_indices(split)
-        ds = (
-            grain.MapDataset.source(_EvalRecords(self._source(tfds_split), indices, len(indices)))
-            .map(self._eval_example)
-            .batch(1000, batch_fn=lambda xs: xs)
-        )
-        images, labels = [], []
-        for chunk in ds.to_iter_dataset(self._read_options()):
-            images.append(np.stack([e["image"] for e in chunk]))
-            labels.append(np.asarray([e["label"] for e in chunk], np.int32))
-        return self.normalize(np.concatenate(images)), np.concatenate(labels)
+        source = self._source(tfds_split)
+
+        def load(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            records = source.__getitems__(chunk.tolist())
+            images = [self._eval_image(self._decode(r["image"])) for r in records]
+            return np.stack(images), np.asarray([r["label"] for r in records], np.int32)
+
+        if len(indices) == 0:
+            images, labels = np.zeros((0, *self.image_shape), np.uint8), np.zeros((0,), np.int32)
+        else:
+            chunks = np.array_split(indices, math.ceil(len(indices) / 1000))
+            with ThreadPoolExecutor(max(1, self.config.num_threads)) as pool:
+                parts = list(pool.map(load, chunks))
+            images = np.concatenate([p[0] for p in parts])
+            labels = np.concatenate([p[1] for p in parts])
+        return (self.normalize(images) if normalize else images), labels
 
     def labels(self, split: str) -> np.ndarray:
         """int32 labels ``(N,)`` of the whole ``split`` in split order (images are not decoded)."""
