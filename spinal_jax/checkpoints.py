@@ -71,16 +71,23 @@ class Checkpoints:
         self.best = ocp.CheckpointManager(self.best_dir, options=options(1))
 
     def save(
-        self, step: int, state: Any, data_state: Any, loop_state: dict[str, Any], best: bool = False
+        self,
+        step: int,
+        state: Any,
+        data_state: Any,
+        loop_state: dict[str, Any],
+        best: bool = False,
+        latest: bool = True,
     ) -> None:
-        """Save at ``step`` (to the best manager too when ``best``); ``data_state`` is this process's."""
+        """Save at ``step`` (to the best manager too when ``best``; only there when not ``latest``);
+        ``data_state`` is this process's."""
         host_state = state_to_host(state)
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(host_state),
             data=ocp.args.JsonSave({"per_process": gather_json(data_state)}),
             loop=ocp.args.JsonSave(loop_state),
         )
-        managers = [self.latest, self.best] if best else [self.latest]
+        managers = ([self.latest] if latest else []) + ([self.best] if best else [])
         for manager in managers:
             if step not in manager.all_steps():
                 manager.save(step, args=args, force=True)

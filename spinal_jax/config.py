@@ -19,7 +19,14 @@ PLATEAU_MODES = ("random", "divide")
 HEADS = ("default", "spinal")
 
 # Fields that may differ between a workdir's stored config and a resumed run without refusing it.
-RESUMABLE_FIELDS = ("overwrite", "num_epochs", "log_every_steps", "max_train_steps")
+RESUMABLE_FIELDS = (
+    "overwrite",
+    "num_epochs",
+    "log_every_steps",
+    "max_train_steps",
+    "checkpoint_every_epochs",
+    "tensorboard",
+)
 
 
 def data_config(dataset: str, **fields: Any) -> ml_collections.ConfigDict:
@@ -84,6 +91,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.eval_test = True  # evaluate the test split every epoch too
     c.checkpoint_every_steps = 0  # > 0: also save every N steps (besides every epoch end)
+    # Save at every N-th epoch end (and the last); a better epoch in between is held and written to
+    # best/ with the next save. > 1 saves time where epochs take seconds (data.device_resident).
+    c.checkpoint_every_epochs = 1
+    c.tensorboard = True  # also write TensorBoard event files (tensorboardX); metrics.jsonl always
     c.keep_checkpoints = 2  # latest K; the best (by validation accuracy) is kept apart
     c.async_checkpoints = True
     c.init_from = ""  # a workdir or checkpoint step dir: warm-start parameters (and BN stats) only
@@ -121,6 +132,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_positive(config.max_train_steps, "max_train_steps", allow_zero=True)
     _check_positive(config.log_every_steps, "log_every_steps")
     _check_positive(config.checkpoint_every_steps, "checkpoint_every_steps", allow_zero=True)
+    _check_positive(config.checkpoint_every_epochs, "checkpoint_every_epochs")
     _check_positive(config.keep_checkpoints, "keep_checkpoints")
     _check_positive(config.model.num_classes, "model.num_classes", allow_zero=True)
     _check_positive(config.schedule.step_epochs, "schedule.step_epochs")

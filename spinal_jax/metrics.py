@@ -6,10 +6,13 @@ Only the process that owns the writer (process 0 in a multi-process run) writes 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def _summary_writer_class() -> type:
@@ -35,14 +38,20 @@ class MetricWriter:
     Args:
       workdir: the run's directory.
       enabled: False on processes other than 0: every method is then a no-op.
+      tensorboard: False: ``metrics.jsonl`` only (tensorboardX is not imported). Without tensorboardX
+        installed the writer warns once and writes ``metrics.jsonl`` only.
     """
 
-    def __init__(self, workdir: str | Path, enabled: bool = True):
+    def __init__(self, workdir: str | Path, enabled: bool = True, tensorboard: bool = True):
         self.enabled = enabled
         self.workdir = Path(workdir)
         self._tb = None
         if enabled:
-            self._tb = _summary_writer_class()(str(self.workdir / "tb"))
+            if tensorboard:
+                try:
+                    self._tb = _summary_writer_class()(str(self.workdir / "tb"))
+                except ImportError as err:
+                    log.warning("No TensorBoard event files (%s): metrics go to metrics.jsonl only.", err)
             self._jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
 
     def write(self, step: int, kind: str, metrics: dict[str, float]) -> None:
@@ -52,6 +61,8 @@ class MetricWriter:
         row = {"step": int(step), "kind": kind, **{k: _json_float(v) for k, v in metrics.items()}}
         self._jsonl.write(json.dumps(row) + "\n")
         self._jsonl.flush()
+        if self._tb is None:
+            return
         for name, value in metrics.items():
             if isinstance(value, int | float) and math.isfinite(value):
                 self._tb.add_scalar(f"{kind}/{name}", value, step)
@@ -60,7 +71,8 @@ class MetricWriter:
     def close(self) -> None:
         if self.enabled:
             self._jsonl.close()
-            self._tb.close()
+            if self._tb is not None:
+                self._tb.close()
 
 
 def _json_float(value: Any) -> Any:

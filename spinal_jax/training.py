@@ -9,6 +9,7 @@ resumes from the workdir's latest readable checkpoint.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -29,6 +30,7 @@ from spinal_jax import config as config_lib
 from spinal_jax import metrics as metrics_lib
 
 log = logging.getLogger(__name__)
+PLOT_EVERY_SECONDS = 30.0  # learning curves are redrawn at most this often (and at the end)
 
 
 def per_device_batch_size(global_batch: int, local_devices: int, processes: int) -> int:
@@ -191,7 +193,8 @@ def train_and_evaluate(
     state = steps.create_train_state(jax.random.PRNGKey(config.seed), model, pipe.image_shape, tx)
 
     ckpt = checkpoints.Checkpoints(workdir, keep=config.keep_checkpoints, use_async=config.async_checkpoints)
-    train_iter = pipe.train_iterator()
+    resident = _resident_data(config, pipe, total_steps)
+    train_iter = resident if resident is not None else pipe.train_iterator()
     plateau = optim.PlateauRule(
         base_lr, config.plateau.power, config.seed, mode=config.plateau.mode, factor=config.plateau.factor
     )
@@ -207,13 +210,14 @@ def train_and_evaluate(
     elif ckpt.latest.all_steps():
         log.warning("No checkpoint in %s could be read: starting from scratch.", ckpt.latest_dir)
 
-    writer = metrics_lib.MetricWriter(workdir, enabled=is_chief)
+    writer = metrics_lib.MetricWriter(workdir, enabled=is_chief, tensorboard=config.get("tensorboard", True))
     p_train = steps.pmap_train_step(config.label_smoothing, _device_augment(config, pipe))
     p_eval = steps.pmap_eval_step()
-    p_state = jax_utils.replicate(state)
-    splits = [s for s in ("validation", "test") if pipe.num_examples.get(s, 0) > 0]
-    if not config.eval_test:
-        splits = [s for s in splits if s != "test"]
+    p_state = steps.on_devices(jax_utils.replicate(state))  # as pmap outputs: no recompilation later
+    splits = _eval_splits(config, pipe)
+    compile_seconds = resident.compile(p_state) if resident is not None else None
+    if compile_seconds is not None:
+        log.info("Compiled the epoch and the evaluation in %.1f s", compile_seconds)
 
     from tqdm.auto import tqdm
 
@@ -221,6 +225,12 @@ def train_and_evaluate(
     pending: list[dict[str, jax.Array]] = []
     last_good = loop["step"]
     timer = [time.perf_counter(), loop["step"]]
+    # Training wall time (evaluation and bookkeeping included; compilation too in the per-step mode, whose
+    # first step compiles), carried over resumes; read time-to-accuracy off the epoch records.
+    carried = float(loop["history"][-1].get("train_seconds_total", 0.0)) if loop["history"] else 0.0
+    clock = {"start": time.perf_counter(), "carried": carried, "last": carried}
+    clock.update(plotted=clock["start"], plotted_epochs=len(loop["history"]))  # first plot after 30 s
+    best_pending: list[tuple[Any, ...]] = []  # a best epoch not yet written (checkpoint_every_epochs > 1)
 
     def flush() -> None:
         """Pull the pending step metrics to the host, stop on a non-finite loss, log their means."""
@@ -228,24 +238,28 @@ def train_and_evaluate(
         if not pending:
             return
         host = jax.device_get(pending)
-        first = loop["step"] - len(host) + 1
-        for i, m in enumerate(host):
-            if not (np.isfinite(m["loss"][0]) and np.isfinite(m["grad_norm"][0])):
-                ckpt.wait()
-                raise FloatingPointError(
-                    f"The training loss became {float(m['loss'][0])} (gradient norm "
-                    f"{float(m['grad_norm'][0])}) at step {first + i} (epoch {(first + i - 1) // spe + 1}). "
-                    f"Stopped; the last good checkpoint (step {last_good}) is kept in {ckpt.latest_dir}. "
-                    "Lower --config.optim.learning_rate (or add warm-up), or check the data for NaN/inf."
-                )
-        loss = float(np.mean([m["loss"][0] for m in host]))
-        acc = float(np.mean([m["accuracy"][0] for m in host]))
+        # Device 0's values, one per step: a step's metrics are scalars, a scanned epoch's (steps,).
+        series = {k: np.concatenate([np.atleast_1d(m[k][0]) for m in host]) for k in host[0]}
+        n = len(series["loss"])
+        first = loop["step"] - n + 1
+        bad = np.flatnonzero(~(np.isfinite(series["loss"]) & np.isfinite(series["grad_norm"])))
+        if bad.size:
+            i = int(bad[0])
+            ckpt.wait()
+            raise FloatingPointError(
+                f"The training loss became {float(series['loss'][i])} (gradient norm "
+                f"{float(series['grad_norm'][i])}) at step {first + i} (epoch {(first + i - 1) // spe + 1}). "
+                f"Stopped; the last good checkpoint (step {last_good}) is kept in {ckpt.latest_dir}. "
+                "Lower --config.optim.learning_rate (or add warm-up), or check the data for NaN/inf."
+            )
+        loss = float(np.mean(series["loss"]))
+        acc = float(np.mean(series["accuracy"]))
         sums = loop["epoch_sums"]
-        loop["epoch_sums"] = [sums[0] + loss * len(host), sums[1] + acc * len(host), sums[2] + len(host)]
+        loop["epoch_sums"] = [sums[0] + loss * n, sums[1] + acc * n, sums[2] + n]
         now = time.perf_counter()
         rate = (loop["step"] - timer[1]) * pipe.global_batch_size / max(now - timer[0], 1e-9)
         timer[:] = [now, loop["step"]]
-        lr_now = float(host[-1]["learning_rate"][0])
+        lr_now = float(series["learning_rate"][-1])
         writer.write(
             loop["step"],
             "train",
@@ -260,8 +274,21 @@ def train_and_evaluate(
         nonlocal last_good
         flush()
         loop["plateau"] = plateau.state_dict()
+        if best_pending and not best:  # a better epoch since the last save goes to best/ now
+            ckpt.save(*best_pending[0], best=True, latest=False)
+        best_pending.clear()
         ckpt.save(loop["step"], jax_utils.unreplicate(p_state), train_iter.get_state(), loop, best=best)
         last_good = loop["step"]
+
+    def keep_best() -> None:
+        """Hold a best epoch that is not due for a checkpoint (on the host); the next save writes it."""
+        loop["plateau"] = plateau.state_dict()
+        host_state = jax.device_get(jax_utils.unreplicate(p_state))
+        best_pending[:] = [(loop["step"], host_state, train_iter.get_state(), copy.deepcopy(loop))]
+
+    def plot() -> None:
+        metrics_lib.plot_learning_curves(loop["history"], workdir / "learning_curves.png", config.model.name)
+        clock["plotted"], clock["plotted_epochs"] = time.perf_counter(), len(loop["history"])
 
     def end_epoch() -> None:
         nonlocal p_state
@@ -272,20 +299,28 @@ def train_and_evaluate(
         if sums[2]:
             record.update(train_loss=sums[0] / sums[2], train_accuracy=sums[1] / sums[2])
         record["learning_rate"] = float(np.asarray(optim.current_learning_rate(p_state.opt_state))[0])
+        if resident is not None:
+            results = resident.evaluate(p_state)
+        else:
+            results = {split: evaluate(p_eval, p_state, pipe, split) for split in splits}
         for split in splits:
-            result = evaluate(p_eval, p_state, pipe, split)
+            result = results[split]
             record[f"{split}_accuracy"] = result["accuracy"]
             record[f"{split}_loss"] = result["loss"]
             if num_classes >= 100:
                 record[f"{split}_top5"] = result["top5"]
+        total = clock["carried"] + time.perf_counter() - clock["start"]
+        record.update(epoch_seconds=total - clock["last"], train_seconds_total=total)
+        clock["last"] = total
+        if compile_seconds is not None:
+            record["compile_seconds"] = compile_seconds
         loop["history"].append(record)
         loop["epoch_sums"] = [0.0, 0.0, 0]
         writer.write(loop["step"], "epoch", record)
         if is_chief:
             log.info("epoch %d: %s", epoch, json.dumps(record))
-            metrics_lib.plot_learning_curves(
-                loop["history"], workdir / "learning_curves.png", config.model.name
-            )
+            if loop["step"] >= total_steps or time.perf_counter() - clock["plotted"] >= PLOT_EVERY_SECONDS:
+                plot()
         if config.plateau.enabled:
             monitored = record.get(f"{config.plateau.monitor}_accuracy")
             if monitored is None:
@@ -295,30 +330,40 @@ def train_and_evaluate(
             new_lr = plateau.update(monitored, record["learning_rate"])
             if new_lr is not None:
                 p_state = p_state.replace(opt_state=optim.set_learning_rate(p_state.opt_state, new_lr))
+                p_state = steps.on_devices(p_state)
         val = record.get("validation_accuracy")
         best = val is not None and (loop["best_validation"] is None or val > loop["best_validation"])
         if best:
             loop["best_validation"] = val
-        save(best=best)
+        if epoch % config.get("checkpoint_every_epochs", 1) == 0 or loop["step"] >= total_steps:
+            save(best=best)
+        elif best:
+            keep_best()
         timer[:] = [time.perf_counter(), loop["step"]]  # img/s counts training time only
 
     status = "finished"
     try:
         with _StopSignal() as stop:
             while loop["step"] < total_steps:
-                batch = next(train_iter)
-                p_state, step_metrics = p_train(p_state, batch)
+                if resident is not None:  # one compiled epoch
+                    p_state, step_metrics = resident.train_epoch(p_state, loop["step"] // spe)
+                    done = spe
+                else:
+                    batch = next(train_iter)
+                    p_state, step_metrics = p_train(p_state, batch)
+                    done = 1
                 pending.append(step_metrics)
-                loop["step"] += 1
-                bar.update(1)
+                loop["step"] += done
+                bar.update(done)
                 if loop["step"] % config.log_every_steps == 0:
                     flush()
                 if loop["step"] % spe == 0:
                     end_epoch()
                 elif config.checkpoint_every_steps and loop["step"] % config.checkpoint_every_steps == 0:
                     save()
-                if _stop_agreed(stop, loop["step"], config.log_every_steps):
-                    if loop["step"] % spe:
+                every = spe if resident is not None else config.log_every_steps
+                if _stop_agreed(stop, loop["step"], every):
+                    if loop["step"] != last_good:
                         save()
                     status = "interrupted"
                     log.warning(
@@ -328,8 +373,10 @@ def train_and_evaluate(
                         ckpt.latest_dir,
                     )
                     break
-            if status == "finished" and loop["step"] % spe:
+            if status == "finished" and loop["step"] != last_good:
                 save()  # a run cut short by max_train_steps
+        if is_chief and clock["plotted_epochs"] != len(loop["history"]):
+            plot()  # the epochs since the last plot
     finally:
         bar.close()
         ckpt.wait()
@@ -338,8 +385,9 @@ def train_and_evaluate(
 
     summary = metrics_lib.summarize(loop["history"])
     summary.update(status=status, step=loop["step"], workdir=str(workdir))
+    summary.update(train_seconds_total=clock["last"], compile_seconds=compile_seconds)
     if is_chief and status == "finished":
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+        (workdir / "summary.json").write_text(json.dumps({**summary, "history": loop["history"]}, indent=2))
         log.info("Summary: %s", json.dumps(summary))
     return summary
 
@@ -355,6 +403,31 @@ def _stop_agreed(stop: _StopSignal, step: int, every: int) -> bool:
 
     flags = multihost_utils.process_allgather(np.asarray(stop.received is not None, np.int32))
     return bool(np.any(flags))
+
+
+def _eval_splits(config: ml_collections.ConfigDict, pipe: Any) -> list[str]:
+    splits = [s for s in ("validation", "test") if pipe.num_examples.get(s, 0) > 0]
+    return splits if config.eval_test else [s for s in splits if s != "test"]
+
+
+def _resident_data(config: ml_collections.ConfigDict, pipe: Any, total_steps: int) -> Any:
+    """The device-resident data of ``config.data.device_resident`` runs (None otherwise)."""
+    if not config.data.get("device_resident", False):
+        return None
+    if config.data.get("augment_on", "host") != "device":
+        raise ValueError(
+            "config.data.device_resident=True needs config.data.augment_on='device': the data stays on "
+            "the devices, so augmentation runs there too."
+        )
+    if total_steps % pipe.steps_per_epoch:
+        raise ValueError(
+            f"config.max_train_steps={config.max_train_steps}: device-resident runs train whole epochs; use "
+            f"a multiple of the {pipe.steps_per_epoch} steps per epoch (or 0)."
+        )
+    from spinal_jax.resident import ResidentData
+
+    splits = _eval_splits(config, pipe)
+    return ResidentData(pipe, splits, config.label_smoothing, _device_augment(config, pipe))
 
 
 def _device_augment(config: ml_collections.ConfigDict, pipe: Any) -> Callable[..., Any] | None:

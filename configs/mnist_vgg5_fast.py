@@ -1,0 +1,59 @@
+"""VGG-5 on MNIST, the reference protocol of ``mnist_vgg5.py``, compiled per epoch for an accelerator:
+``configs/mnist_vgg5_fast.py[:TOKENS]``, TOKENS comma-separated from a data set of ``mnist_vgg5.py``, a head
+('spinal', the default, or 'default'), 'bf16' (bfloat16 compute; float32 otherwise) and 'paper' (the paper's
+split: all 60,000 train images, the plateau rule monitoring test accuracy, no validation split).
+
+Reproduces SpinalVGG-5's MNIST recipe: Adam lr 0.005, batch 100, 200 epochs, reference augmentation
+(perspective + rotation 10, run on the device), evaluation every epoch, random restart on plateau lr <-
+0.005 * U**3. The data are device-resident (``data.device_resident``): each epoch is one compiled
+``lax.scan`` over the splits held on the accelerator (docs/TRAINING.md, "Device-resident data"). Epoch
+records carry ``epoch_seconds``, ``train_seconds_total`` and ``compile_seconds`` (time to accuracy:
+``python -m spinal_jax.bench --tta configs/mnist_vgg5_fast.py``). Checkpoints every 10 epochs (and the
+last; a better epoch in between is written to best/ with the next save). On a CPU use ``mnist_vgg5.py``:
+there a scanned epoch is many times slower than the per-step path.
+Measured: (to be filled: accuracy, time, hardware.)
+"""
+
+from spinal_jax.config import HEADS, base_config, data_config
+
+DATASETS = ("mnist", "fashion_mnist", "kmnist", "emnist/digits", "emnist/letters", "emnist/balanced")
+
+
+def get_config(arg: str | None = None):
+    dataset, head, dtype, paper = "mnist", "spinal", "float32", False
+    for token in filter(None, (t.strip() for t in (arg or "").split(","))):
+        if token in HEADS:
+            head = token
+        elif token in ("bf16", "bfloat16"):
+            dtype = "bfloat16"
+        elif token in ("fp32", "float32"):
+            dtype = "float32"
+        elif token == "paper":
+            paper = True
+        elif token in DATASETS or token.replace("_", "/", 1) in DATASETS:
+            dataset = token if token in DATASETS else token.replace("_", "/", 1)
+        else:
+            raise ValueError(
+                f"Config argument {token!r} is none of: a head {HEADS}, a data set {DATASETS}, 'bf16', "
+                "'fp32', 'paper'."
+            )
+    c = base_config()
+    c.model.name = "vgg5"
+    c.model.head = head
+    c.data = data_config(
+        dataset,
+        batch_size=100,
+        augment_on="device",
+        device_resident=True,
+        validation_fraction=0.0 if paper else 0.1,
+    )
+    c.dtype = dtype
+    c.num_epochs = 200
+    c.optim.name = "adam"
+    c.optim.learning_rate = 0.005
+    c.plateau.enabled = True
+    c.plateau.power = 3.0
+    c.plateau.monitor = "test" if paper else "validation"
+    c.checkpoint_every_epochs = 10
+    c.log_every_steps = 100
+    return c

@@ -1,0 +1,239 @@
+"""Device-resident data and whole-epoch steps for accelerators (``config.data.device_resident=True``).
+
+Every split is read once through the data pipeline (``pipe.device_split``, uint8 pixels) and put on the
+local devices; an epoch is then one call of a compiled ``lax.scan`` of the train step
+(:func:`spinal_jax.steps.train_epoch`) and the evaluation of all splits another
+(:func:`spinal_jax.steps.eval_resident`), so no batch crosses from the host and Python runs once per epoch.
+
+Layout:
+
+* train: the whole split on every local device, ``(local_devices, N, H, W, C)``. Epoch ``e`` reads the
+  permutation :func:`spinal_jax.steps.epoch_permutation` ``(data.seed, e, N)``, drawn on the device.
+  Process ``p`` of ``P`` reads its positions ``[p * n, (p + 1) * n)``, ``n = steps_per_epoch * B / P``, in
+  consecutive per-process batches split over its local devices: the layout of the host pipeline
+  (:mod:`spinal_jax.data.pipeline`), so the global batch is the same examples whatever the number of
+  local devices, and the last ``N % B`` examples of each permutation are dropped (``steps_per_epoch =
+  N // B``, as there). Augmentation runs on the device (``data.augment_on='device'``).
+* evaluation: the evaluated splits concatenated, padded and sharded over all devices of all processes;
+  each example carries its split number (padding: -1), so every example is counted exactly once.
+
+Batch ``k`` of epoch ``e`` is a pure function of the config, so a run resumed at an epoch boundary is
+exact. On a CPU the scanned step is many times slower than the per-step path (docs/TRAINING.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from spinal_jax import steps
+
+log = logging.getLogger(__name__)
+
+MODE = "device_resident"
+# Refuse resident data taking more than this fraction of a device's memory (when the device reports it).
+MAX_MEMORY_FRACTION = 0.5
+
+
+class ResidentData:
+    """The splits of ``pipe`` on the local devices, and the compiled epoch and evaluation over them.
+
+    Args:
+      pipe: an :class:`spinal_jax.data.InputPipeline` (``device_split``, ``steps_per_epoch``, batch
+        sizes, ``mean``/``std``, ``device_augment``, process layout).
+      splits: the splits to evaluate (non-empty ones), e.g. ``('validation', 'test')``.
+      label_smoothing: as in :func:`spinal_jax.steps.train_step`.
+      augment: the device augmentation (``pipe.device_augment``), or None.
+
+    It also stands in for the train iterator in checkpoints (``get_state`` / ``set_state``).
+    """
+
+    def __init__(
+        self,
+        pipe: Any,
+        splits: Sequence[str],
+        label_smoothing: float = 0.0,
+        augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    ):
+        config = pipe.config
+        if config.get("augment_on") != "device":
+            raise ValueError(
+                "data.device_resident=True needs data.augment_on='device' (the data never leaves the "
+                "devices)."
+            )
+        local, processes, index = pipe.local_device_count, pipe.process_count, pipe.process_index
+        if local != jax.local_device_count() or processes != jax.process_count():
+            raise ValueError(
+                f"The pipeline was built for {processes} process(es) x {local} local devices; this process "
+                f"has {jax.process_count()} x {jax.local_device_count()}."
+            )
+        self.pipe = pipe
+        self.seed = int(config.seed)
+        self.steps_per_epoch = pipe.steps_per_epoch
+        self.num_train = pipe.num_examples["train"]
+        self.splits = tuple(s for s in splits if pipe.num_examples.get(s, 0) > 0)
+        self._step = 0
+        start = time.perf_counter()
+
+        images, labels = pipe.device_split("train", normalize=False)
+        if len(labels) != self.num_train:
+            raise RuntimeError(
+                f"device_split('train') gave {len(labels)} examples, expected {self.num_train}."
+            )
+        norm = dict(mean=None, std=None)
+        if images.dtype == np.uint8:
+            norm = dict(mean=tuple(map(float, pipe.mean)), std=tuple(map(float, pipe.std)))
+        per_process = pipe.global_batch_size // processes
+        per_device = pipe.per_device_batch_size
+        positions = self.steps_per_epoch * per_process  # this process's positions of each permutation
+        offsets = np.asarray([index * positions + d * per_device for d in range(local)], np.int32)
+        self.train = steps.on_devices(
+            {
+                "image": np.broadcast_to(images, (local, *images.shape)),
+                "label": np.broadcast_to(labels, (local, *labels.shape)),
+            }
+        )
+        self.offsets = steps.on_devices(offsets)
+        nbytes = images.nbytes + labels.nbytes
+
+        self.eval_data = None
+        eval_batch = pipe.per_device_eval_batch_size
+        if self.splits:
+            parts = [pipe.device_split(s, normalize=False) for s in self.splits]
+            for split, (_, y) in zip(self.splits, parts, strict=True):
+                if len(y) != pipe.num_examples[split]:
+                    raise RuntimeError(f"device_split({split!r}) gave {len(y)} examples.")
+            eval_images = np.concatenate([x.astype(images.dtype) for x, _ in parts])
+            eval_labels = np.concatenate([y for _, y in parts])
+            split_ids = np.concatenate([np.full(len(y), i, np.int32) for i, (_, y) in enumerate(parts)])
+            devices = local * processes
+            per_dev = math.ceil(math.ceil(len(eval_labels) / devices) / eval_batch) * eval_batch
+            total = per_dev * devices
+            pad = total - len(eval_labels)
+            eval_images = np.concatenate([eval_images, np.zeros((pad, *eval_images.shape[1:]), images.dtype)])
+            eval_labels = np.concatenate([eval_labels, np.zeros(pad, np.int32)])
+            split_ids = np.concatenate([split_ids, np.full(pad, -1, np.int32)])
+            mine = slice(index * local * per_dev, (index + 1) * local * per_dev)
+            shard = {"image": eval_images[mine], "label": eval_labels[mine], "split": split_ids[mine]}
+            self.eval_data = steps.on_devices(
+                {k: v.reshape(local, per_dev, *v.shape[1:]) for k, v in shard.items()}
+            )
+            nbytes += sum(v[mine].nbytes for v in (eval_images, eval_labels, split_ids)) // local
+        self._check_memory(nbytes)
+        log.info(
+            "Device-resident data: %d train + %s eval examples, %.1f MB per device, loaded in %.1f s",
+            self.num_train,
+            {s: pipe.num_examples[s] for s in self.splits},
+            nbytes / 1e6,
+            time.perf_counter() - start,
+        )
+
+        self._epoch = steps.pmap_train_epoch(
+            seed=self.seed,
+            steps_per_epoch=self.steps_per_epoch,
+            batch_size=per_device,
+            stride=per_process,
+            label_smoothing=float(label_smoothing),
+            augment=augment,
+            **norm,
+        )
+        self._eval = (
+            steps.pmap_eval_resident(num_splits=len(self.splits), batch_size=eval_batch, **norm)
+            if self.splits
+            else None
+        )
+
+    @staticmethod
+    def _check_memory(nbytes: int) -> None:
+        stats = jax.local_devices()[0].memory_stats() or {}
+        limit = stats.get("bytes_limit")
+        if limit and nbytes > MAX_MEMORY_FRACTION * limit:
+            raise ValueError(
+                f"data.device_resident=True would keep {nbytes / 2**30:.1f} GiB of data on each device "
+                f"(limit {MAX_MEMORY_FRACTION:.0%} of its {limit / 2**30:.1f} GiB): use "
+                "data.device_resident=False (the host pipeline) for this data set."
+            )
+
+    # -- compiled epoch and evaluation ------------------------------------------------------------------
+    def compile(self, p_state: Any) -> float:
+        """Compile the epoch and the evaluation for ``p_state`` ahead of time; returns the seconds taken.
+
+        Later calls with states of the same structure (pmap outputs, see :func:`steps.on_devices`) reuse
+        these executables.
+        """
+        start = time.perf_counter()
+        self._epoch.lower(p_state, self.train, self.offsets, np.int32(0)).compile()
+        if self._eval is not None:
+            self._eval.lower(p_state, self.eval_data).compile()
+        return time.perf_counter() - start
+
+    def train_epoch(self, p_state: Any, epoch: int) -> tuple[Any, dict[str, jax.Array]]:
+        """Run epoch ``epoch`` (0-based); returns the new state (the old one is donated) and the per-step
+        metrics, each ``(local_devices, steps_per_epoch)``."""
+        p_state, metrics = self._epoch(p_state, self.train, self.offsets, np.int32(epoch))
+        self._step = (epoch + 1) * self.steps_per_epoch
+        return p_state, metrics
+
+    def evaluate(self, p_state: Any) -> dict[str, dict[str, float]]:
+        """``{split: {accuracy, top5, loss, count}}`` over every example of each evaluated split (the
+        values :func:`spinal_jax.training.evaluate` gives)."""
+        if self._eval is None:
+            return {}
+        sums = jax.device_get(self._eval(p_state, self.eval_data))
+        out = {}
+        for i, split in enumerate(self.splits):
+            count = int(round(float(sums["count"][0][i])))
+            if count != self.pipe.num_examples[split]:
+                raise RuntimeError(
+                    f"Evaluated {count} examples of {split!r}, the split has {self.pipe.num_examples[split]}."
+                )
+            out[split] = {
+                "accuracy": float(sums["correct"][0][i]) / count,
+                "top5": float(sums["correct_top5"][0][i]) / count,
+                "loss": float(sums["loss_sum"][0][i]) / count,
+                "count": count,
+            }
+        return out
+
+    # -- the data position, as checkpoints store it ------------------------------------------------------
+    def _identity(self) -> dict[str, Any]:
+        p = self.pipe
+        return {
+            "mode": MODE,
+            "dataset": p.config.name,
+            "seed": self.seed,
+            "global_batch_size": p.global_batch_size,
+            "process_index": p.process_index,
+            "process_count": p.process_count,
+            "num_train_examples": self.num_train,
+        }
+
+    def get_state(self) -> dict[str, Any]:
+        """JSON-serialisable: ``step`` (train steps done, a whole number of epochs) and ``epoch``."""
+        return {"step": self._step, "epoch": self._step // self.steps_per_epoch, **self._identity()}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Continue after ``state['step']`` steps; a state of another data stream is a ValueError."""
+        mine = self._identity()
+        diff = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
+        if diff:
+            raise ValueError(
+                f"Checkpoint data state does not match this device-resident run ((saved, current): {diff}); "
+                "resume with the same data config (data.device_resident included), seed and process layout."
+            )
+        step = int(state["step"])
+        if step % self.steps_per_epoch:
+            raise ValueError(
+                f"Checkpoint at step {step} is not at an epoch boundary ({self.steps_per_epoch} steps per "
+                "epoch): a device-resident run resumes from epoch ends only."
+            )
+        self._step = step
+
+
+__all__ = ["MODE", "ResidentData"]
