@@ -12,6 +12,16 @@ Modes:
   scan  a whole epoch of ``--steps`` batches compiled as one ``lax.scan`` over device-resident data
         (the accelerator path: no per-step dispatch or host transfer).
 The step is :func:`spinal_jax.steps.train_step` (the one training uses), on one device.
+
+Time to accuracy: a whole training run (``training.train_and_evaluate``) of a config file, e.g. the
+device-resident SpinalVGG-5 MNIST protocol:
+
+    python -m spinal_jax.bench --tta configs/mnist_vgg5_fast.py:bf16 --target 0.995 --epochs 20
+
+records compile seconds, the training seconds (after compilation; evaluation included) until the test
+accuracy first reached ``--target``, the run's total wall time (data loading and compilation included)
+and the best test accuracy. ``--input-pipeline mnist`` adds a row of host input-pipeline images/s
+(:mod:`spinal_jax.data.throughput`: per-example transform on one core, and the grain train iterator).
 """
 
 from __future__ import annotations
@@ -19,10 +29,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import importlib.util
 import json
+import os
 import platform
+import shutil
 import statistics
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -223,6 +238,131 @@ def environment() -> dict[str, Any]:
     }
 
 
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """``path/to/config.py[:ARG]`` -> that file's ``get_config(ARG)`` (as ``train.py --config`` reads it)."""
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location(f"_bench_config_{Path(path).stem}", path)
+    if module_spec is None or not Path(path).is_file():
+        raise FileNotFoundError(f"No config file {path!r}.")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> None:
+    """``FIELD=VALUE`` strings (``data.batch_size=200``, ``dtype=bfloat16``) set on ``config``."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: use FIELD=VALUE.")
+        node = config
+        *parents, leaf = key.split(".")
+        for name in parents:
+            node = node[name]
+        if leaf not in node:
+            raise ValueError(f"--set {item!r}: the config has no field {key!r}.")
+        node[leaf] = _parse_value(value)
+
+
+def time_to_accuracy(
+    config: ml_collections.ConfigDict,
+    target: float,
+    *,
+    label: str = "",
+    split: str = "test",
+    workdir: str | Path | None = None,
+    pipeline: Any = None,
+    model: Any = None,
+) -> dict[str, Any]:
+    """Train ``config`` from scratch (``training.train_and_evaluate``) and report its time to accuracy.
+
+    ``seconds_to_target`` is the ``train_seconds_total`` of the first epoch whose ``split`` accuracy
+    reached ``target`` (training wall time after compilation, evaluation included; in the per-step mode
+    it includes the step's compilation); ``wall_s`` is the whole call. The workdir is temporary unless
+    given (then it must not hold another run).
+    """
+    from spinal_jax import training
+
+    config = config.copy_and_resolve_references()
+    config.tensorboard = False  # the bench imports no tensorboardX
+    own = workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="spinal_tta_") if own else workdir)
+    try:
+        start = time.perf_counter()
+        summary = training.train_and_evaluate(config, workdir, pipeline=pipeline, model=model)
+        wall = time.perf_counter() - start
+        history = json.loads((workdir / "summary.json").read_text())["history"]
+    finally:
+        if own:
+            shutil.rmtree(workdir, ignore_errors=True)
+    key = f"{split}_accuracy"
+    reached = next((h for h in history if h.get(key) is not None and h[key] >= target), None)
+    steps_done = summary["step"]
+    epoch_s = [h["epoch_seconds"] for h in history if "epoch_seconds" in h]
+    accuracies = [h[key] for h in history if h.get(key) is not None]
+    return {
+        "kind": "time_to_accuracy",
+        "config": label,
+        "workload": f"{config.model.name}:{config.model.head}",
+        "dtype": config.dtype,
+        "batch": config.data.batch_size,
+        "device_resident": bool(config.data.get("device_resident", False)),
+        "epochs": len(history),
+        "target": target,
+        "split": split,
+        "compile_s": _round(summary.get("compile_seconds")),
+        "seconds_to_target": _round(reached["train_seconds_total"]) if reached else None,
+        "epochs_to_target": reached["epoch"] if reached else None,
+        "train_seconds_total": _round(summary.get("train_seconds_total")),
+        "wall_s": _round(wall),
+        "epoch_s_median": _round(statistics.median(epoch_s)) if epoch_s else None,
+        "train_img_s": round(steps_done * config.data.batch_size / summary["train_seconds_total"], 1)
+        if summary.get("train_seconds_total")
+        else None,
+        f"max_{split}_accuracy": max(accuracies) if accuracies else None,
+        "max_test_over_epochs": summary.get("max_test_over_epochs"),
+        "test_at_best_validation": summary.get("test_at_best_validation"),
+        f"{split}_accuracy_per_epoch": accuracies,
+    }
+
+
+def _round(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def input_pipeline(
+    dataset: str = "mnist", images: int = 2000, threads: int = 0, batch: int = 100, data_dir: str = ""
+) -> dict[str, Any]:
+    """Host input-pipeline images/s of ``dataset``'s train split with its reference augmentation on the
+    host: the per-example transform on one core, and the grain train iterator with ``threads`` threads
+    (:mod:`spinal_jax.data.throughput`)."""
+    from spinal_jax.data import create_input_pipeline, default_data_config, throughput
+
+    threads = threads or os.cpu_count() or 1
+    c = default_data_config()
+    c.update(name=dataset, batch_size=batch, num_threads=threads, prefetch=max(8, threads), data_dir=data_dir)
+    pipe = create_input_pipeline(c, local_device_count=1, process_index=0, process_count=1)
+    per_core = throughput._per_core(pipe, images)
+    wall, per_cpu = throughput._pipeline(pipe, max(2, images // batch))
+    return {
+        "kind": "input_pipeline",
+        "dataset": dataset,
+        "policy": pipe.policy,
+        "batch": batch,
+        "threads": threads,
+        "img_s_per_core": round(per_core, 1),
+        "img_s_wall": round(wall, 1),
+        "img_per_cpu_s": round(per_cpu, 1),
+    }
+
+
 def format_table(records: list[dict[str, Any]]) -> str:
     cols = [
         "workload",
@@ -245,7 +385,10 @@ def format_table(records: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--workloads", default="vgg5:spinal,vgg5:default", help="comma-separated model:head[:field=value...]"
+        "--workloads",
+        default=None,
+        help="comma-separated model:head[:field=value...] (default vgg5:spinal,vgg5:default, unless --tta "
+        "or --input-pipeline is given)",
     )
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--dtypes", default="float32", help="comma-separated: float32,bfloat16")
@@ -254,11 +397,38 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--recipe", default="adam", choices=sorted(RECIPES))
     parser.add_argument("--json", default=None, help="write the records and the environment here")
+    parser.add_argument("--tta", default=None, help="time to accuracy of a config file: CONFIG.py[:ARG]")
+    parser.add_argument("--target", type=float, default=0.995, help="--tta: the target accuracy")
+    parser.add_argument("--target-split", default="test", choices=["test", "validation"])
+    parser.add_argument("--epochs", type=int, default=0, help="--tta: epochs to train (0: the config's)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="--tta: config override (repeat)"
+    )
+    parser.add_argument("--workdir", default=None, help="--tta: keep the run here (default: a temporary dir)")
+    parser.add_argument("--input-pipeline", default=None, metavar="DATASET", help="host pipeline img/s row")
+    parser.add_argument("--input-images", type=int, default=2000)
+    parser.add_argument("--data-dir", default="", help="--input-pipeline: the prepared tfds data dir")
     args = parser.parse_args(argv)
+    if args.workloads is None:
+        args.workloads = "" if (args.tta or args.input_pipeline) else "vgg5:spinal,vgg5:default"
     env = environment()
     print(json.dumps(env))
     records = []
-    for text in args.workloads.split(","):
+    if args.input_pipeline:
+        record = input_pipeline(args.input_pipeline, args.input_images, data_dir=args.data_dir)
+        print(json.dumps(record), flush=True)
+        records.append(record)
+    if args.tta:
+        config = load_config(args.tta)
+        apply_overrides(config, args.set)
+        if args.epochs:
+            config.num_epochs = args.epochs
+        record = time_to_accuracy(
+            config, args.target, label=args.tta, split=args.target_split, workdir=args.workdir
+        )
+        print(json.dumps(record), flush=True)
+        records.append(record)
+    for text in filter(None, args.workloads.split(",")):
         for dtype in args.dtypes.split(","):
             for mode in args.modes.split(","):
                 record = run_workload(
@@ -272,7 +442,24 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 )
                 print(json.dumps(record), flush=True)
                 records.append(record)
-    print(format_table(records))
+    workloads = [r for r in records if "kind" not in r]
+    if workloads:
+        print(format_table(workloads))
+    for r in records:
+        if r.get("kind") == "time_to_accuracy":
+            split = r["split"]
+            print(
+                f"{r['config']}: compile {r['compile_s']} s; {split} accuracy >= {r['target']} after "
+                f"{r['seconds_to_target']} s (epoch {r['epochs_to_target']}); {r['epochs']} epochs in "
+                f"{r['train_seconds_total']} s ({r['train_img_s']} img/s), wall {r['wall_s']} s; "
+                f"max {split} accuracy {r[f'max_{split}_accuracy']}"
+            )
+        elif r.get("kind") == "input_pipeline":
+            print(
+                f"host pipeline {r['dataset']} ({r['policy']}): {r['img_s_per_core']} img/s on one core; "
+                f"grain iterator ({r['threads']} threads) {r['img_s_wall']} img/s wall, "
+                f"{r['img_per_cpu_s']} per CPU-s"
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"environment": env, "records": records}, f, indent=1)
