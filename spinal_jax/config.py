@@ -17,6 +17,7 @@ DTYPES = ("float32", "bfloat16")
 MONITORS = ("validation", "test")
 PLATEAU_MODES = ("random", "divide")
 HEADS = ("default", "spinal")
+FINETUNE_MODES = ("full", "linear_probe", "separate_lr")
 
 # Fields that may differ between a workdir's stored config and a resumed run without refusing it.
 RESUMABLE_FIELDS = (
@@ -53,6 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.name = "mnist_cnn"  # a name from spinal_jax.models.list_models()
     c.model.head = "default"  # 'default' | 'spinal'
     c.model.num_classes = 0  # 0: take it from the data pipeline
+    # Further module fields for spinal_jax.models.create_model, e.g. spinal_width / spinal_dropout / spinal_bn
+    # of the ImageNet ResNets and VGGs (configs set them; --config.model.kwargs.spinal_width=512 overrides).
+    c.model.kwargs = ml_collections.ConfigDict()
     c.data = ml_collections.ConfigDict()  # filled by data_config(...) in each config file
 
     c.num_epochs = 1
@@ -98,6 +102,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 2  # latest K; the best (by validation accuracy) is kept apart
     c.async_checkpoints = True
     c.init_from = ""  # a workdir or checkpoint step dir: warm-start parameters (and BN stats) only
+    # Transfer learning (docs/transfer_learning.md): a converted Orbax checkpoint (python -m
+    # spinal_jax.convert) or a torchvision/timm .pth/.safetensors file; its backbone is loaded into a fresh
+    # run of a torchvision model.name, whose head (fc / classifier) stays freshly initialised.
+    c.pretrained = ""
+    c.finetune = ml_collections.ConfigDict()
+    c.finetune.mode = "full"  # full | linear_probe (backbone and its BN statistics frozen) | separate_lr
+    c.finetune.backbone_lr_multiplier = 0.1  # separate_lr: backbone lr = this x the head's (scheduled) lr
     c.overwrite = False  # allow a workdir holding a run of a different config to be wiped
     return c
 
@@ -143,10 +154,42 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.optim.momentum must be in [0, 1), got {config.optim.momentum!r}.")
     if config.optim.nesterov and (config.optim.name != "sgd" or config.optim.momentum == 0):
         raise ValueError("config.optim.nesterov needs optim.name='sgd' and optim.momentum > 0.")
+    _check_choice(config.finetune.mode, "finetune.mode", FINETUNE_MODES)
+    _check_positive(config.finetune.backbone_lr_multiplier, "finetune.backbone_lr_multiplier")
+    _check_transfer(config)
     if config.plateau.enabled and config.schedule.name != "constant":
         raise ValueError(
             "config.plateau.enabled sets the learning rate itself: use it with schedule.name='constant', "
             f"not {config.schedule.name!r}."
+        )
+
+
+def _check_transfer(config: ml_collections.ConfigDict) -> None:
+    kwargs = config.model.get("kwargs")
+    if kwargs:
+        from spinal_jax.models import create_model
+
+        try:
+            create_model(config.model.name, 2, head=config.model.head, **kwargs.to_dict())
+        except TypeError as err:
+            raise ValueError(
+                f"config.model.kwargs = {kwargs.to_dict()} does not fit model "
+                f"{config.model.name!r} ({err}); use fields of its module, e.g. spinal_width."
+            ) from err
+    if not config.pretrained and config.finetune.mode == "full":
+        return
+    if config.pretrained and config.init_from:
+        raise ValueError(
+            "config.pretrained and config.init_from are both set: use config.pretrained for converted "
+            "ImageNet weights (fresh head), or config.init_from to warm-start from a spinal_jax run."
+        )
+    from spinal_jax.pretrained import SUPPORTED_ARCHS
+
+    if config.model.name not in SUPPORTED_ARCHS:
+        field = "pretrained" if config.pretrained else f"finetune.mode = {config.finetune.mode!r}"
+        raise ValueError(
+            f"config.{field} needs a torchvision architecture in config.model.name (one of "
+            f"{', '.join(SUPPORTED_ARCHS)}), got {config.model.name!r}."
         )
 
 
@@ -190,4 +233,85 @@ def imagenet_config(model: str, head: str) -> ml_collections.ConfigDict:
     c.schedule.warmup_epochs = 5.0
     c.log_every_steps = 100
     c.checkpoint_every_steps = 2000
+    return c
+
+
+def parse_transfer_arg(
+    arg: str | None, default_dataset: str, datasets: tuple[str, ...]
+) -> tuple[str, str, str]:
+    """``'DATASET'``, ``'HEAD'``, ``'MODE'`` or any comma-separated mix of them -> (dataset, head, mode);
+    the head defaults to 'spinal', the fine-tuning mode to 'full' (the reference's)."""
+    dataset, head, mode = default_dataset, "spinal", "full"
+    for token in filter(None, (t.strip() for t in (arg or "").split(","))):
+        if token in HEADS:
+            head = token
+        elif token in FINETUNE_MODES:
+            mode = token
+        elif token in datasets:
+            dataset = token
+        else:
+            raise ValueError(
+                f"Config argument {token!r} is neither a head {HEADS}, a fine-tuning mode "
+                f"{FINETUNE_MODES} nor a data set {datasets}."
+            )
+    return dataset, head, mode
+
+
+TRANSFER_DATASETS = {
+    "cifar10": "cifar10",
+    "cifar10_jpeg": "image_folder",
+    "cifar100": "cifar100",
+    "stl10": "stl10",
+}
+
+
+def transfer_config(
+    dataset: str,
+    head: str,
+    mode: str,
+    *,
+    spinal_width: int,
+    batch_size: int,
+    num_epochs: int,
+    learning_rate: float = 1e-3,
+    arch: str = "wide_resnet101_2",
+) -> ml_collections.ConfigDict:
+    """The reference's transfer recipe (spec §2.7) for an ImageNet-pretrained ``arch``.
+
+    Every layer fine-tuned (``mode='full'``) with SGD momentum 0.9, no weight decay, ``learning_rate``
+    x 0.1 every 7 epochs (StepLR(7, 0.1) stepped per epoch); images resized to 256 x 256, normalised
+    with CIFAR-100 statistics (the reference's choice for every data set but MNIST, CINIC and
+    hymenoptera); a spinal head (halves of the 2048 pooled features, k=4, ``spinal_width``, dropout
+    0.5 and BatchNorm: the reference's "SpinalNet" TL head) or torchvision's Linear ``fc``. The
+    weights come from ``--config.pretrained=PATH`` (docs/transfer_learning.md).
+
+    Train augmentation: resize to 256, pad 4 + random crop + horizontal flip (the 'cifar' policy at
+    256); the reference resizes to 272, rotates by up to 15 degrees and crops 256 at random, which
+    the data pipeline has no policy for. Evaluation: resize to 256, as the reference.
+    ``dataset='cifar10_jpeg'`` reads the JPEG copy of CIFAR-10 (the ``image_folder`` data set).
+    """
+    c = base_config()
+    c.model.name = arch
+    c.model.head = head
+    c.model.kwargs = ml_collections.ConfigDict(
+        {"spinal_width": spinal_width, "spinal_dropout": 0.5, "spinal_bn": True}
+    )
+    c.data = data_config(
+        TRANSFER_DATASETS[dataset],
+        batch_size=batch_size,
+        eval_batch_size=100,
+        image_size=256,
+        augment_policy="cifar",
+        mean=(0.507, 0.487, 0.441),
+        std=(0.267, 0.256, 0.276),
+    )
+    c.num_epochs = num_epochs
+    c.optim.name = "sgd"
+    c.optim.learning_rate = learning_rate
+    c.optim.momentum = 0.9
+    c.schedule.name = "step"
+    c.schedule.step_epochs = 7
+    c.schedule.gamma = 0.1
+    c.finetune.mode = mode
+    c.log_every_steps = 100
     return c

@@ -8,17 +8,26 @@ The head is the top-level params subtree ``'fc'`` (ResNets) or ``'classifier'`` 
 :func:`spinal_jax.pretrained.head_name`. In ``'linear_probe'`` the backbone's BatchNorm layers still
 normalise with batch statistics when the model runs with ``train=True``; keep their running averages
 with :func:`keep_backbone_batch_stats`.
+
+The trainer (``train.py --config.pretrained=PATH --config.finetune.mode=MODE``) uses
+:func:`create_optimizer`, :func:`adapt_train_state` and :func:`load_pretrained_state`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import optax
-from flax import traverse_util
+from flax import struct, traverse_util
 
-MODES = ("full", "linear_probe", "separate_lr")
+from spinal_jax import steps
+from spinal_jax.config import FINETUNE_MODES
+
+MODES = FINETUNE_MODES
+log = logging.getLogger(__name__)
 
 
 def param_labels(params: Mapping[str, Any], head: str) -> dict[str, Any]:
@@ -71,3 +80,103 @@ def keep_backbone_batch_stats(
     """BatchNorm statistics with the head's from ``new_stats`` and the backbone's from ``old_stats``
     (for a linear probe whose backbone running averages must not move)."""
     return {k: (new_stats[k] if k == head else old_stats[k]) for k in new_stats}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The trainer's hooks: config.pretrained and config.finetune
+# ---------------------------------------------------------------------------------------------------
+
+
+def optimizer_structure(
+    mode: str, head: str, backbone_lr_multiplier: float = 0.1
+) -> Callable[[Callable[[Any], optax.GradientTransformation], Any], optax.GradientTransformation]:
+    """``structure(make, lr)`` for :func:`spinal_jax.optim.create_optimizer`: ``make(lr)`` on the head
+    (everything in 'full'), the backbone's updates zeroed ('linear_probe') or ``make(lr * multiplier)``
+    on the backbone ('separate_lr')."""
+    if mode not in MODES:
+        raise ValueError(f"Unknown fine-tuning mode {mode!r}: use one of {MODES}.")
+
+    def structure(
+        make: Callable[[Any], optax.GradientTransformation], lr: Any
+    ) -> optax.GradientTransformation:
+        if mode == "separate_lr":
+            return finetune_transform(mode, make(lr), make(lr * backbone_lr_multiplier), head=head)
+        return finetune_transform(mode, make(lr), head=head)
+
+    return structure
+
+
+def create_optimizer(config: Any, learning_rate: float | optax.Schedule) -> optax.GradientTransformation:
+    """``config.optim``'s optimiser (:func:`spinal_jax.optim.create_optimizer`) split by
+    ``config.finetune.mode``; the injected (reported, scheduled) learning rate is the head's."""
+    from spinal_jax import optim
+
+    mode = config.finetune.mode
+    if mode == "full":
+        return optim.create_optimizer(config.optim, learning_rate)
+    from spinal_jax.pretrained import head_name
+
+    structure = optimizer_structure(
+        mode, head_name(config.model.name), float(config.finetune.backbone_lr_multiplier)
+    )
+    return optim.create_optimizer(config.optim, learning_rate, structure)
+
+
+class LinearProbeTrainState(steps.TrainState):
+    """A TrainState whose updates keep the backbone's BatchNorm statistics (a linear probe): every
+    ``apply_gradients(..., batch_stats=new)`` takes only the head's statistics from ``new``."""
+
+    head: str = struct.field(pytree_node=False, default="fc")
+
+    def apply_gradients(self, *, grads: Any, **kwargs: Any) -> Any:
+        if "batch_stats" in kwargs:
+            kwargs["batch_stats"] = keep_backbone_batch_stats(
+                kwargs["batch_stats"], self.batch_stats, self.head
+            )
+        return super().apply_gradients(grads=grads, **kwargs)
+
+
+def adapt_train_state(config: Any, state: Any) -> Any:
+    """``state`` as the fine-tuning mode needs it: in 'linear_probe' a TrainState whose updates keep
+    the backbone's BatchNorm running averages (so the backbone is frozen entirely: its parameters by
+    the optimiser, its statistics here); unchanged otherwise. Call it before restoring a checkpoint."""
+    if config.finetune.mode != "linear_probe":
+        return state
+    from spinal_jax.pretrained import head_name
+
+    fields = {name: getattr(state, name) for name in state.__dataclass_fields__}
+    fields["head"] = head_name(config.model.name)
+    return LinearProbeTrainState(**fields)
+
+
+def load_pretrained_state(config: Any, model: Any, state: Any) -> Any:
+    """``state`` (a fresh TrainState of ``model``) with the backbone of ``config.pretrained``.
+
+    Every non-head parameter and BatchNorm statistic becomes the pretrained one, bit for bit; the head
+    (``fc`` / ``classifier``, with the config's classes and head kind) stays as initialised, and the
+    optimiser state is re-initialised. Raises FileNotFoundError when the path does not exist and
+    :class:`spinal_jax.pretrained.StateDictMismatchError` when the weights are not of
+    ``config.model.name``, each naming the fix.
+    """
+    from spinal_jax import pretrained
+
+    path = os.fspath(config.pretrained)
+    arch = config.model.name
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"config.pretrained={path!r} does not exist. Give the directory written by "
+            f"`python -m spinal_jax.convert WEIGHTS.pth DIR --arch {arch}`, or a torchvision/timm "
+            ".pth/.safetensors file of that architecture."
+        )
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    try:
+        variables = pretrained.init_from_pretrained(model, variables, path, arch=arch)
+    except pretrained.StateDictMismatchError as err:
+        raise pretrained.StateDictMismatchError(
+            f"config.pretrained={path!r} does not fit config.model.name={arch!r}: {err}\nFix: set "
+            "--config.model.name to the architecture of the weights, or convert weights of "
+            f"{arch!r} (`python -m spinal_jax.convert WEIGHTS.pth DIR --arch {arch}`)."
+        ) from err
+    params, batch_stats = variables["params"], variables["batch_stats"]
+    log.info("Loaded the pretrained %s backbone from %s (fresh head)", arch, path)
+    return state.replace(params=params, batch_stats=batch_stats, opt_state=state.tx.init(params))

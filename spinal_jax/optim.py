@@ -8,6 +8,7 @@ the Adam moments carry on, as the reference's write into the PyTorch param group
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -58,12 +59,19 @@ def create_schedule(
 
 
 def create_optimizer(
-    optim: ml_collections.ConfigDict, learning_rate: float | optax.Schedule
+    optim: ml_collections.ConfigDict,
+    learning_rate: float | optax.Schedule,
+    structure: Callable[[Callable[[Any], optax.GradientTransformation], Any], optax.GradientTransformation]
+    | None = None,
 ) -> optax.GradientTransformation:
     """SGD (momentum, Nesterov), Adam or AdamW with weight decay masked to kernels.
 
     SGD and Adam add ``weight_decay * param`` to the gradient (PyTorch's ``weight_decay``); AdamW
     decouples it. The learning rate is an injected hyperparameter.
+
+    ``structure(make, lr)``, when given, assembles the update from ``make(rate)``, the configured
+    optimiser at any rate (e.g. one per parameter group: :func:`spinal_jax.finetune.create_optimizer`);
+    ``lr`` is the injected rate, the one reported, scheduled and changed by the plateau rule.
     """
     wd = float(optim.weight_decay)
 
@@ -82,7 +90,13 @@ def create_optimizer(
             return optax.chain(optax.add_decayed_weights(wd, mask=decay_mask), core)
         return core
 
-    return optax.inject_hyperparams(make)(learning_rate=learning_rate)
+    if structure is None:
+        return optax.inject_hyperparams(make)(learning_rate=learning_rate)
+
+    def structured(learning_rate: Any) -> optax.GradientTransformation:
+        return structure(make, learning_rate)
+
+    return optax.inject_hyperparams(structured)(learning_rate=learning_rate)
 
 
 def current_learning_rate(opt_state: Any) -> jax.Array:

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from flax import jax_utils
 
-from spinal_jax import checkpoints, optim, steps
+from spinal_jax import checkpoints, finetune, optim, steps
 from spinal_jax import config as config_lib
 from spinal_jax import metrics as metrics_lib
 
@@ -50,8 +50,14 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> Any:
     from spinal_jax.models import create_model as registry_create
 
     dtype = jnp.bfloat16 if config.dtype == "bfloat16" else None
+    kwargs = config.model.get("kwargs")
     return registry_create(
-        config.model.name, num_classes, head=config.model.head, dtype=dtype, bn_axis_name=steps.AXIS
+        config.model.name,
+        num_classes,
+        head=config.model.head,
+        dtype=dtype,
+        bn_axis_name=steps.AXIS,
+        **(kwargs.to_dict() if kwargs else {}),
     )
 
 
@@ -189,8 +195,9 @@ def train_and_evaluate(
         total_steps = min(total_steps, config.max_train_steps)
     base_lr = optim.base_learning_rate(config.optim, pipe.global_batch_size)
     lr = optim.create_schedule(config.schedule, base_lr, spe, config.num_epochs)
-    tx = optim.create_optimizer(config.optim, base_lr if config.schedule.name == "constant" else lr)
+    tx = finetune.create_optimizer(config, base_lr if config.schedule.name == "constant" else lr)
     state = steps.create_train_state(jax.random.PRNGKey(config.seed), model, pipe.image_shape, tx)
+    state = finetune.adapt_train_state(config, state)  # linear_probe: backbone BN statistics kept
 
     ckpt = checkpoints.Checkpoints(workdir, keep=config.keep_checkpoints, use_async=config.async_checkpoints)
     resident = _resident_data(config, pipe, total_steps)
@@ -207,6 +214,8 @@ def train_and_evaluate(
         log.info("Resumed from %s/%d (epoch %d)", ckpt.latest_dir, step, step // spe)
     elif config.init_from:
         state = checkpoints.load_params(config.init_from, state)
+    elif config.pretrained:
+        state = finetune.load_pretrained_state(config, model, state)
     elif ckpt.latest.all_steps():
         log.warning("No checkpoint in %s could be read: starting from scratch.", ckpt.latest_dir)
 

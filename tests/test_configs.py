@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from absl import flags
 from ml_collections import config_flags
@@ -20,7 +21,10 @@ from spinal_jax.models import get_spec
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.py"))
 # Classes per data set (the reference's values), to build models without preparing the data.
-CLASSES = {"mnist": 10, "quickdraw": 6, "cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
+CLASSES = {
+    "mnist": 10, "quickdraw": 6, "cifar10": 10, "cifar100": 100, "imagenet2012": 1000, "stl10": 10,
+    "image_folder": 10,
+}  # fmt: skip
 
 
 def load(spec: str, *overrides: str):
@@ -35,6 +39,7 @@ def test_every_config_file_is_tested():
     assert CONFIGS == [
         "cifar100_cnn.py", "cifar10_cnn.py", "cifar_resnet.py", "cifar_vgg19.py", "imagenet_resnet50.py",
         "imagenet_spinal.py", "mnist_cnn.py", "mnist_vgg5.py", "mnist_vgg5_fast.py", "quickdraw_vgg5.py",
+        "transfer_cifar100_wrn.py", "transfer_cifar10_wrn.py", "transfer_stl10_wrn.py",
     ]  # fmt: skip
 
 
@@ -133,3 +138,81 @@ def test_train_py_rejects_bad_config_on_the_command_line(tmp_path):
     assert bad.returncode == 1
     assert "Invalid config: config.optim.name = 'rmsprop' is not valid" in bad.stderr
     assert not (tmp_path / "config.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("spec", "classes", "expected"),
+    [
+        ("transfer_cifar10_wrn.py", 10, 84_170),  # spec §1.4: 84,010 + 2kw = 160 BatchNorm (dropout+BN)
+        ("transfer_cifar10_wrn.py:cifar10_jpeg", 10, 84_170),
+        ("transfer_stl10_wrn.py", 10, 2_910_218),  # spec §1.4, w=512 + BN
+        ("transfer_cifar100_wrn.py", 100, 2_910_218 + 4 * 512 * 90 + 90),
+    ],
+)
+def test_transfer_configs_build_the_reference_heads(spec, classes, expected):
+    """The WRN-101-2 transfer recipes (spec §2.7): spinal head sizes, optimiser, StepLR(7, 0.1)."""
+    config = load(spec)
+    config_lib.validate_config(config)
+    assert (config.model.name, config.model.head) == ("wide_resnet101_2", "spinal")
+    assert config.finetune.mode == "full" and config.pretrained == ""
+    assert (config.optim.name, config.optim.momentum, config.optim.weight_decay) == ("sgd", 0.9, 0.0)
+    assert (config.schedule.name, config.schedule.step_epochs, config.schedule.gamma) == ("step", 7, 0.1)
+    assert config.data.image_size == 256 and tuple(config.data.mean) == (0.507, 0.487, 0.441)
+    model = training.create_model(config, classes)
+    params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3))))["params"]
+    assert sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params["fc"])) == expected
+    assert "classifier" not in params
+
+
+def test_transfer_config_arguments_and_overrides():
+    config = load(
+        "transfer_cifar10_wrn.py:cifar10_jpeg,default,linear_probe",
+        "--config.pretrained=/weights/wrn101",
+        "--config.model.kwargs.spinal_width=64",
+    )
+    assert (config.data.name, config.model.head) == ("image_folder", "default")
+    assert config.finetune.mode == "linear_probe"
+    assert config.pretrained == "/weights/wrn101" and config.model.kwargs.spinal_width == 64
+    config_lib.validate_config(config)
+    with pytest.raises(flags.IllegalFlagValueError, match="neither a head .* a fine-tuning mode"):
+        load("transfer_stl10_wrn.py:frozen")
+    with pytest.raises(AttributeError, match="spinal_widht"):
+        load("transfer_stl10_wrn.py", "--config.model.kwargs.spinal_widht=3")
+
+
+@pytest.mark.parametrize(
+    ("spec", "override", "message"),
+    [
+        (
+            "transfer_stl10_wrn.py",
+            "--config.finetune.mode=frozen",
+            r"config.finetune.mode = 'frozen' is not valid: use one of "
+            r"\('full', 'linear_probe', 'separate_lr'\)",
+        ),
+        (
+            "transfer_stl10_wrn.py",
+            "--config.finetune.backbone_lr_multiplier=0",
+            r"config.finetune.backbone_lr_multiplier must be > 0",
+        ),
+        (
+            "mnist_cnn.py",
+            "--config.pretrained=/w.pth",
+            r"config.pretrained needs a torchvision architecture in config.model.name "
+            r"\(one of resnet18.*got 'mnist_cnn'",
+        ),
+        (
+            "mnist_cnn.py",
+            "--config.finetune.mode=linear_probe",
+            r"config.finetune.mode = 'linear_probe' needs a torchvision architecture",
+        ),
+        ("transfer_stl10_wrn.py", "--config.init_from=/run", None),
+    ],
+)
+def test_bad_transfer_values_are_rejected_naming_the_field(spec, override, message):
+    if message is None:  # init_from alone is fine; with pretrained it is refused
+        config = load(spec, override, "--config.pretrained=/w")
+        message = "config.pretrained and config.init_from are both set"
+    else:
+        config = load(spec, override)
+    with pytest.raises(ValueError, match=message):
+        config_lib.validate_config(config)
