@@ -302,7 +302,8 @@ def pmap_eval_resident(
     return jax.pmap(fn, axis_name=AXIS)
 
 
-_identity = jax.pmap(lambda tree: tree, axis_name=AXIS)
+# A copy, not a bare identity, so that no jaxpr-level forwarding can hand back the input arrays as they are.
+_identity = jax.pmap(lambda tree: jax.tree.map(jnp.copy, tree), axis_name=AXIS)
 
 
 def on_devices(tree: Any) -> Any:
