@@ -13,18 +13,22 @@ from spinal_jax.finetune import finetune_transform, keep_backbone_batch_stats, p
 from spinal_jax.models import create_model
 
 
+def _normal(tree, seed):
+    """Standard-normal float32 numpy arrays shaped like ``tree``'s leaves."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: rng.standard_normal(x.shape).astype(np.float32), tree)
+
+
 @pytest.fixture(scope="module")
 def variables():
+    """resnet18's variable tree with a spinal head; the values (random) do not matter to the optimisers
+    (shapes from jax.eval_shape: initialising the real model costs ~10 s of per-op compilation)."""
     model = create_model("resnet18", 10, head="spinal", spinal_width=16)
-    return model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+    return _normal(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))), 0)
 
 
 def _grads(params, seed=1):
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    return jax.tree.unflatten(
-        treedef, [jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
-    )
+    return _normal(params, seed)
 
 
 def _split(tree, head="fc"):
@@ -49,7 +53,7 @@ def test_updates_per_mode(variables, mode):
     tx = finetune_transform(
         mode, optax.sgd(head_lr), optax.sgd(backbone_lr) if mode == "separate_lr" else None, head="fc"
     )
-    updates, _ = tx.update(grads, tx.init(params), params)
+    updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
     g_head, g_backbone = _split(grads)
     u_head, u_backbone = _split(updates)
     chex.assert_trees_all_close(u_head, jax.tree.map(lambda g: -head_lr * g, g_head), rtol=1e-6)
