@@ -196,8 +196,21 @@ def _to_flax(array: np.ndarray) -> np.ndarray:
     if array.ndim == 4:
         return np.ascontiguousarray(array.transpose(2, 3, 1, 0))
     if array.ndim == 2:
-        return np.ascontiguousarray(array.T)
+        return _transpose_2d(array)
     return array
+
+
+def _transpose_2d(array: np.ndarray, block: int = 512) -> np.ndarray:
+    """``array.T``, contiguous; copied in cache-sized tiles, several times faster than
+    ``np.ascontiguousarray(array.T)`` for VGG's 4096 x 25088 classifier."""
+    rows, cols = array.shape
+    if rows * cols <= block * block:
+        return np.ascontiguousarray(array.T)
+    out = np.empty((cols, rows), array.dtype)
+    for i in range(0, rows, block):
+        for j in range(0, cols, block):
+            out[j : j + block, i : i + block] = array[i : i + block, j : j + block].T
+    return out
 
 
 def _normalise_keys(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -1,4 +1,5 @@
-"""torchvision -> Flax conversion: equal logits for every arch, head replacement, bad files, fine-tuning.
+"""torchvision -> Flax conversion: equal logits for every arch, head replacement, bad files.
+(Fine-tuning converted weights with train_and_evaluate: tests/test_transfer_training.py.)
 
 Needs the ``torch`` extra (torch, torchvision, safetensors); skipped without it.
 """
@@ -6,16 +7,11 @@ Needs the ``torch`` extra (torch, torchvision, safetensors); skipped without it.
 from __future__ import annotations
 
 import functools
-import io
-import os
 import pathlib
-import tarfile
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -24,12 +20,8 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 
 from spinal_jax import pretrained  # noqa: E402
 from spinal_jax.convert import main as convert_main  # noqa: E402
-from spinal_jax.finetune import finetune_transform  # noqa: E402
 from spinal_jax.models import create_model  # noqa: E402
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED = pathlib.Path(os.environ.get("SPINAL_SHARED", REPO.parent / "shared"))
-CIFAR_TRAIN = SHARED / "data" / "cifar10_jpeg" / "cifar10_jpeg_train.tar.gz"
 ARCHS = [
     "resnet18",
     "resnet34",
@@ -70,6 +62,23 @@ def save(model, directory: pathlib.Path, fmt: str = "pth") -> pathlib.Path:
     return path
 
 
+def assert_trees_equal(got, want):
+    """Same tree structure, shapes and dtypes, bit-identical leaves (chex's is slow on 100M-element trees)."""
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want), strict=True):
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.dtype == b.dtype, jax.tree_util.keystr(path)
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+
+
+def random_template(model, seed: int = 0, size: int = 32):
+    """``model.init``'s tree (shapes from jax.eval_shape) with random values: a stand-in for a fresh
+    initialisation, which op by op costs ~10 s of compilation per model."""
+    abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3))))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: rng.standard_normal(x.shape).astype(x.dtype), abstract)
+
+
 def assert_logits_close(got, want):
     """Relative to the logits' scale: max |got - want| <= 1e-4 * max |want| (fp32)."""
     got, want = np.asarray(got), np.asarray(want)
@@ -77,23 +86,43 @@ def assert_logits_close(got, want):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
+def flax_logits(arch: str, variables, x_nchw: np.ndarray, num_classes: int = 1000) -> np.ndarray:
+    """The Flax model's logits. VGG runs jitted (a few large ops); ResNets op by op, whose per-op
+    compilations are shared by every ResNet of the module (faster than compiling each whole net)."""
+    model = create_model(arch, num_classes, head="default")
+    apply = jax.jit(model.apply) if arch.startswith("vgg") else model.apply
+    return np.asarray(apply(variables, x_nchw.transpose(0, 2, 3, 1)))
+
+
+def state_dict_numpy(model) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in model.state_dict().items()}
+
+
 @pytest.mark.parametrize("arch", ARCHS)
-def test_logits_equal_torchvision(arch, tmp_path):
+def test_logits_equal_torchvision(arch):
+    """Every architecture: detected from its keys and shapes, converted, and the same logits (fp32).
+    (Reading .pth / .safetensors files is arch-independent: test_files_read_as_the_state_dict.)"""
     model = torch_model(arch)
-    path = save(model, tmp_path, fmt="safetensors" if ARCHS.index(arch) % 2 else "pth")
+    state = state_dict_numpy(model)
+    assert pretrained.detect_arch(state) == arch
     size, batch = (32, 1) if arch.startswith("vgg") else (64, 2 if arch in ("resnet18", "resnet34") else 1)
     x = np.random.default_rng(1).normal(size=(batch, 3, size, size)).astype(np.float32)
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()
-    variables, detected = pretrained.convert_file(path, arch)
-    assert detected == arch
-    got = create_model(arch, 1000, head="default").apply(variables, x.transpose(0, 2, 3, 1))
-    assert_logits_close(got, want)
+    assert_logits_close(flax_logits(arch, pretrained.convert_state_dict(state, arch), x), want)
 
 
-def test_arch_detected_from_file(tmp_path):
-    path = save(torch_model("resnet18"), tmp_path)
-    assert pretrained.convert_file(path)[1] == "resnet18"
+def test_files_read_as_the_state_dict(tmp_path):
+    """.pth and .safetensors files convert to the same arrays as the in-memory state dict, bit for bit,
+    and the architecture is detected from the file. (VGG files: test_raw_file_into_vgg_spinal_classifier,
+    test_wrong_arch_message.)"""
+    arch = "resnet18"
+    model = torch_model(arch)
+    want = pretrained.convert_state_dict(state_dict_numpy(model), arch)
+    for fmt in ("pth", "safetensors"):
+        variables, detected = pretrained.convert_file(save(model, tmp_path, fmt=fmt))
+        assert detected == arch
+        assert_trees_equal(variables, want)
 
 
 def test_vgg_at_224_and_timm_layout_equal_torchvision():
@@ -109,9 +138,8 @@ def test_vgg_at_224_and_timm_layout_equal_torchvision():
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()
     variables = pretrained.convert_state_dict(state, "vgg11_bn")
-    got = create_model("vgg11_bn", 10, head="default").apply(variables, x.transpose(0, 2, 3, 1))
-    assert_logits_close(got, want)
-    chex.assert_trees_all_equal(pretrained.convert_state_dict(timm, "vgg11_bn"), variables)
+    assert_logits_close(flax_logits("vgg11_bn", variables, x, num_classes=10), want)
+    assert_trees_equal(pretrained.convert_state_dict(timm, "vgg11_bn"), variables)
 
 
 def _backbone_leaves(variables, head):
@@ -128,14 +156,14 @@ def test_cli_checkpoint_and_fresh_head(head_kind, tmp_path):
     converted, meta = pretrained.load_converted(dst)
     assert meta["arch"] == arch and meta["num_classes"] == 1000 and meta["source"] == "weights.pth"
     direct = pretrained.convert_file(src, arch)[0]
-    chex.assert_trees_all_equal(converted, direct)
+    assert_trees_equal(converted, direct)
 
     model = create_model(arch, 10, head=head_kind, **({"spinal_width": 64} if head_kind == "spinal" else {}))
-    template = model.init(jax.random.PRNGKey(3), jnp.zeros((1, 32, 32, 3)))
+    template = random_template(model, seed=3)
     variables = pretrained.init_from_pretrained(model, template, dst)
     head = pretrained.head_name(arch)
     # The head is the template's (fresh, 10 classes); the pretrained 1000-way classifier is gone.
-    chex.assert_trees_all_equal(variables["params"][head], template["params"][head])
+    assert_trees_equal(variables["params"][head], template["params"][head])
     head_params = variables["params"][head]
     out_kernel = head_params["readout"]["kernel"] if head_kind == "spinal" else head_params["kernel"]
     assert out_kernel.shape[-1] == 10
@@ -144,18 +172,18 @@ def test_cli_checkpoint_and_fresh_head(head_kind, tmp_path):
     assert got.keys() == want.keys() and len(got) > 0
     for key in want:
         np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]), err_msg=key)
-    logits = model.apply(variables, jnp.zeros((2, 32, 32, 3)))
-    chex.assert_shape(logits, (2, 10))
+    logits = jax.eval_shape(model.apply, variables, jnp.zeros((2, 32, 32, 3)))
+    assert logits.shape == (2, 10)  # the loaded tree fits the model (numerics: test_logits_equal_torchvision)
 
 
 def test_raw_file_into_vgg_spinal_classifier(tmp_path):
     src = save(torch_model("vgg11_bn"), tmp_path, fmt="safetensors")
     model = create_model("vgg11_bn", 10, head="spinal", spinal_width=64)
-    template = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+    template = random_template(model)
     variables = pretrained.init_from_pretrained(model, template, src)
     assert "fc" not in variables["params"]
-    chex.assert_trees_all_equal(variables["params"]["classifier"], template["params"]["classifier"])
-    chex.assert_trees_all_equal(variables["batch_stats"]["classifier"], template["batch_stats"]["classifier"])
+    assert_trees_equal(variables["params"]["classifier"], template["params"]["classifier"])
+    assert_trees_equal(variables["batch_stats"]["classifier"], template["batch_stats"]["classifier"])
     want = torch_model("vgg11_bn").state_dict()["features.0.weight"].numpy().transpose(2, 3, 1, 0)
     np.testing.assert_array_equal(np.asarray(variables["params"]["features_0"]["kernel"]), want)
 
@@ -280,74 +308,6 @@ def test_weights_of_another_family_refused(tmp_path):
         pretrained.StateDictMismatchError, match="'resnet18' weights, which do not fit a VGG model"
     ):
         pretrained.init_from_pretrained(model, template, src)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Fine-tuning on real CIFAR-10 JPEGs
-# ---------------------------------------------------------------------------------------------------
-
-
-def cifar_subset(per_class: int, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``per_class`` train JPEGs of every class, resized to ``size``, scaled to [0, 1]."""
-    from PIL import Image
-
-    if not CIFAR_TRAIN.exists():
-        pytest.skip(f"{CIFAR_TRAIN} not found; set SPINAL_SHARED to the shared data folder")
-    images: dict[str, list[np.ndarray]] = {}
-    with tarfile.open(CIFAR_TRAIN, "r:gz") as tar:
-        for member in tar:
-            parts = member.name.split("/")
-            if not member.isfile() or len(parts) < 3 or not parts[-1].endswith(".jpg"):
-                continue
-            bucket = images.setdefault(parts[-2], [])
-            if len(bucket) < per_class:
-                with Image.open(io.BytesIO(tar.extractfile(member).read())) as im:
-                    bucket.append(np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)))
-            if len(images) == 10 and all(len(v) == per_class for v in images.values()):
-                break
-    classes = sorted(images)
-    assert len(classes) == 10
-    x = np.stack([im for c in classes for im in images[c]]).astype(np.float32) / 255.0
-    y = np.repeat(np.arange(10), per_class)
-    return x, y
-
-
-def test_finetuning_steps_lower_loss(tmp_path):
-    x, y = cifar_subset(per_class=10)
-    assert x.shape == (100, 64, 64, 3)
-    mean, std = np.array([0.507, 0.487, 0.441]), np.array([0.267, 0.256, 0.276])  # spec §2.7
-    x = ((x - mean) / std).astype(np.float32)
-    batch_x, batch_y = jnp.asarray(x[::2]), jnp.asarray(y[::2])  # 50 images, 5 per class
-
-    model = create_model("resnet18", 10, head="spinal", spinal_width=64)
-    template = model.init(jax.random.PRNGKey(0), batch_x[:1])
-    variables = pretrained.init_from_pretrained(model, template, save(torch_model("resnet18"), tmp_path))
-    tx = finetune_transform("full", optax.sgd(0.01, momentum=0.9), head="fc")
-    params, stats = variables["params"], variables["batch_stats"]
-    opt_state = tx.init(params)
-
-    def loss_fn(params, stats):
-        logits, updates = model.apply(
-            {"params": params, "batch_stats": stats}, batch_x, train=True, mutable=["batch_stats"]
-        )
-        return optax.softmax_cross_entropy_with_integer_labels(logits, batch_y).mean(), updates["batch_stats"]
-
-    @jax.jit
-    def step(params, stats, opt_state):
-        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), stats, opt_state, loss
-
-    losses = []
-    for _ in range(4):
-        params, stats, opt_state, loss = step(params, stats, opt_state)
-        losses.append(float(loss))
-    final = float(loss_fn(params, stats)[0])
-    assert np.isfinite(losses).all()
-    assert final < losses[0], losses + [final]
-    # 'full' trains the backbone too (linear_probe / separate_lr: tests/test_finetune.py).
-    changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), params, variables["params"])
-    assert all(jax.tree.leaves(changed))
 
 
 def test_undetectable_file_and_arch_metadata_check(tmp_path):

@@ -262,13 +262,14 @@ def test_separate_lr_scales_the_backbone_update(weights, cifar, fresh_head, tmp_
         assert moved.max() < 1.01 * lr
 
 
-def test_full_finetuning_from_a_pth_file_lowers_the_loss(weights, cifar, tmp_path):
+def test_full_finetuning_from_a_pth_file_lowers_the_loss(weights, cifar, fresh_head, tmp_path):
     """The CIFAR-10 transfer recipe (SGD 0.9, StepLR) on a raw .pth file, every layer trained."""
     pth, _, converted = weights
     config = config_lib.transfer_config(
         "cifar10_jpeg", "spinal", "full", spinal_width=16, batch_size=BATCH, num_epochs=1, arch="resnet18"
     )
     config.model.kwargs.spinal_dropout = 0.0
+    assert config.model.kwargs.to_dict() == HEAD_KWARGS and config.seed == 0  # fresh_head's model and seed
     config.optim.learning_rate = 0.01
     config.pretrained, config.max_train_steps, config.log_every_steps = str(pth), 2, 1
     config.async_checkpoints = False
@@ -282,6 +283,10 @@ def test_full_finetuning_from_a_pth_file_lowers_the_loss(weights, cifar, tmp_pat
         assert got_backbone.keys() == want_backbone.keys()
         for key in want_backbone:  # every backbone parameter and statistic moved
             assert not np.array_equal(got_backbone[key], want_backbone[key]), key
+    head = split_head(params)[0]  # and the head (the same model and seed as fresh_head's)
+    assert head.keys() == fresh_head[0].keys()
+    for key, value in fresh_head[0].items():
+        assert not np.array_equal(head[key], value), key
 
 
 # ---------------------------------------------------------------------------------------------------
