@@ -11,7 +11,7 @@ import jax
 import ml_collections
 from flax import jax_utils
 
-from spinal_jax import checkpoints, optim, steps, training
+from spinal_jax import checkpoints, finetune, steps, training
 
 
 def evaluate_workdir(
@@ -35,7 +35,7 @@ def evaluate_workdir(
     num_classes = config.model.num_classes or pipeline.num_classes
     if model is None:
         model = training.create_model(config, num_classes)
-    tx = optim.create_optimizer(config.optim, float(config.optim.learning_rate))
+    tx = finetune.create_optimizer(config, float(config.optim.learning_rate))  # the run's opt_state layout
     template = steps.create_train_state(jax.random.PRNGKey(0), model, pipeline.image_shape, tx)
     ckpt = checkpoints.Checkpoints(workdir, use_async=False)
     restored = ckpt.restore(template, which=which)

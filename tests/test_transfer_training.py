@@ -125,34 +125,47 @@ class _Iterator:
 
 
 class JpegPipeline:
-    """The spinal_jax.data interface over in-memory images; no validation/test split (no evaluation).
-
-    ``same_batch``: every step trains on the first batch (to watch the loss of one batch fall)."""
+    """The spinal_jax.data interface over in-memory images. Training runs get no validation/test split
+    (no evaluation); ``n_test > 0`` adds a test split of the first ``n_test`` images (for
+    spinal_jax.evaluate). ``same_batch``: every step trains on the first batch (to watch its loss fall)."""
 
     num_classes = 10
     image_shape = (32, 32, 3)
     device_augment = None
 
-    def __init__(self, x, y, same_batch: bool = False):
+    def __init__(self, x, y, same_batch: bool = False, n_test: int = 0):
         self.x, self.y, self.same_batch = x, y, same_batch
         self.global_batch_size = BATCH
         self.steps_per_epoch = len(y) // BATCH
-        self.num_examples = {"train": len(y), "validation": 0, "test": 0}
+        self.num_examples = {"train": len(y), "validation": 0, "test": n_test}
 
-    def batch(self, step: int) -> dict[str, np.ndarray]:
-        k = 0 if self.same_batch else step % self.steps_per_epoch
+    def _shard(self, sl: slice) -> dict[str, np.ndarray]:
         devices = jax.local_device_count()
-        sl = slice(k * BATCH, (k + 1) * BATCH)
         return {
             "image": self.x[sl].reshape(devices, -1, *self.image_shape),
             "label": self.y[sl].reshape(devices, -1),
         }
 
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        k = 0 if self.same_batch else step % self.steps_per_epoch
+        return self._shard(slice(k * BATCH, (k + 1) * BATCH))
+
     def train_iterator(self):
         return _Iterator(self)
 
     def eval_batches(self, split):
-        raise AssertionError("no evaluation in these runs")
+        assert split == "test" and self.num_examples["test"] > 0, split
+        batch = self._shard(slice(0, self.num_examples["test"]))
+        yield {**batch, "mask": np.ones(batch["label"].shape, bool)}
+
+
+def assert_evaluates(workdir, cifar, step: int) -> None:
+    """``python -m spinal_jax.evaluate`` restores the run (its fine-tuning optimiser state layout)."""
+    from spinal_jax.evaluate import evaluate_workdir
+
+    result = evaluate_workdir(workdir, "test", which="latest", pipeline=JpegPipeline(*cifar, n_test=BATCH))
+    assert result["checkpoint_step"] == step and result["count"] == BATCH
+    assert 0.0 <= result["accuracy"] <= 1.0 and np.isfinite(result["loss"])
 
 
 def make_config(
@@ -238,6 +251,7 @@ def test_linear_probe_keeps_backbone_and_its_batch_stats(weights, cifar, fresh_h
         assert not np.array_equal(head[key], value), key
     for key, value in fresh_head[1].items():
         assert not np.array_equal(head_stats[key], value), key
+    assert_evaluates(tmp_path, cifar, step=2)
 
 
 def test_separate_lr_scales_the_backbone_update(weights, cifar, fresh_head, tmp_path):
@@ -260,6 +274,7 @@ def test_separate_lr_scales_the_backbone_update(weights, cifar, fresh_head, tmp_
         assert np.median(moved) == pytest.approx(lr, rel=1e-3)
         assert np.mean(np.isclose(moved, lr, rtol=1e-2)) > 0.99
         assert moved.max() < 1.01 * lr
+    assert_evaluates(tmp_path, cifar, step=1)
 
 
 def test_full_finetuning_from_a_pth_file_lowers_the_loss(weights, cifar, fresh_head, tmp_path):
