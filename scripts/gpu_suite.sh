@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The GPU measurements of docs/PERFORMANCE.md, ours and the PyTorch anchor in the same call on the same card.
 #
-#   bash scripts/gpu_suite.sh OUTDIR STAGE...     stages: env mnist resnet resnet_torch protocol tta
+#   bash scripts/gpu_suite.sh OUTDIR STAGE...     stages: env mnist resnet resnet_torch resnet_spinal_torch protocol
 #
 # Expects: python3 with jax[cuda], flax, optax, torch (the GPU image); ml_collections etc. either installed
 # or carried as wheels in .whl/ (installed into /tmp/site); the PyTorch harnesses in $ANCHORS (default
 # ../shared/anchors, or .gpu/anchors when carried); MNIST prepared for tfds in $SPINAL_TFDS_DIR for the
-# protocol/tta stages.
+# protocol stage (e.g. SPINAL_TFDS_DIR=.gpu/tfds, carried).
 set -uo pipefail
 out=${1:?usage: gpu_suite.sh OUTDIR STAGE...}
 shift
@@ -34,9 +34,14 @@ torch.__version__, jax.devices())" ;;
     resnet_torch)  # the same, side by side with torch.compile + AMP + channels_last
       python3 scripts/side_by_side.py --suite imagenet --anchors "$anchors" --steps 20 --windows 5 \
         --json "$out/side_by_side_imagenet.json" ;;
-    protocol)  # SpinalVGG-5 MNIST reference protocol: 200 epochs, scanned, device augmentation
-      python3 -m spinal_jax.bench --tta configs/mnist_vgg5_fast.py --target 0.995 \
-        --json "$out/protocol.json" ;;
+    resnet_spinal_torch)  # ResNet-50 + spinal head, ours vs torch.compile + AMP bf16 + channels_last
+      python3 scripts/side_by_side.py --suite resnet50_spinal --anchors "$anchors" --steps 20 --windows 5 \
+        --json "$out/side_by_side_resnet50_spinal.json" ;;
+    protocol)  # SpinalVGG-5 MNIST reference protocol: 200 epochs on all 60k, scanned, device augmentation, bf16
+      rm -rf /tmp/protocol
+      timeout "${PROTOCOL_TIMEOUT:-330}" python3 -m spinal_jax.bench --tta configs/mnist_vgg5_fast.py:bf16,paper \
+        --target 0.995 --workdir /tmp/protocol --json "$out/protocol.json" 2>&1 | grep -v -i warn | tail -20
+      cp /tmp/protocol/metrics.jsonl "$out/protocol_metrics.jsonl" 2>/dev/null ;;
     *) echo "unknown stage $stage" ;;
   esac
 done

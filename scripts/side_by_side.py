@@ -46,6 +46,10 @@ SUITES = {
         ),
     ],
 }
+# The headline workload alone: ResNet-50 + spinal head against torch.compile + AMP.
+SUITES["resnet50_spinal"] = [
+    ("resnet50_spinal", "compile", "resnet50:spinal", 256, "bfloat16", "step", "sgd")
+]
 SUITES["all"] = SUITES["mnist"] + SUITES["imagenet"] + SUITES["vgg16"]
 
 
