@@ -1,9 +1,16 @@
 """Generic checks run on every registered model, with both heads.
 
-For each: init and a forward pass on a small batch (shape, finiteness), jit equals no-jit, bf16 compute
-close to fp32, and a nonzero finite gradient for every parameter (no dead weights). Gradients for the
-"every parameter is used" check are taken in eval mode: in train mode a conv bias that feeds BatchNorm
-has an exactly-zero gradient by construction (BN subtracts the batch mean), in PyTorch as here.
+For one model of each block structure, with both heads: init and a forward pass on a small batch (shape,
+finiteness), jit equals no-jit, bf16 compute close to fp32, and a nonzero finite gradient for every
+parameter (no dead weights). The depth and width variants (ResNet-34/101/152, Wide-ResNet, ResNeXt,
+VGG-13/16/19) build from the same blocks: their shapes and parameter counts are checked against the
+spec in test_imagenet_models.py / test_model_families.py, their logits against torchvision's in
+test_pretrained.py, and every model's input check below.
+
+Gradients for the "every parameter is used" check are taken in eval mode (in train mode a conv bias that
+feeds BatchNorm has an exactly-zero gradient by construction, in PyTorch as here) of a fixed random linear
+function of the logits: a log-softmax loss saturates on the huge logits of a deep random network in eval
+mode and then gives exactly zero gradients everywhere.
 """
 
 from __future__ import annotations
@@ -27,7 +34,27 @@ def _small_input(name: str) -> jax.Array:
     return jax.random.uniform(jax.random.key(0), (BATCH, h, w, c), jnp.float32)
 
 
-CASES = [(name, head) for name in list_models() for head in ("default", "spinal")]
+# One model per block structure (see the module docstring for how the others are covered).
+REPRESENTATIVES = (
+    "mnist_cnn",
+    "mnist_arch2",
+    "vgg5",
+    "cifar_cnn",
+    "cifar_vgg11_bn",
+    "cifar_resnet18",
+    "resnet18",
+    "resnet50",
+    "vgg11_bn",
+)
+CASES = [(name, head) for name in REPRESENTATIVES for head in ("default", "spinal")]
+
+
+def test_representatives_are_registered():
+    assert set(REPRESENTATIVES) <= set(list_models())
+
+
+# Models small enough to also run op by op (eager) in a CPU test; the others compare jit with jit only.
+EAGER = ("mnist_cnn", "mnist_arch2", "vgg5", "cifar_cnn")
 
 
 @pytest.mark.parametrize("name, head", CASES, ids=[f"{n}-{h}" for n, h in CASES])
@@ -35,44 +62,47 @@ def test_forward_jit_bf16_and_gradients(name, head):
     classes = 5
     x = _small_input(name)
     model = create_model(name, num_classes=classes, head=head)
+    bf16 = create_model(name, num_classes=classes, head=head, dtype=jnp.bfloat16)
     variables = jax.jit(lambda k: model.init(k, x))(jax.random.key(1))
+    weights = jax.random.normal(jax.random.key(3), (BATCH, classes))
 
     @jax.jit
-    def eval_logits_and_grads(variables):
+    def everything(variables):
+        """Eval logits and gradients, bf16 logits, train-mode logits and BN updates: one compile."""
+
         def loss(params):
             logits = model.apply({**variables, "params": params}, x, train=False)
-            return jnp.sum(jax.nn.log_softmax(logits)[:, 0]), logits
+            return jnp.sum(logits * weights), logits
 
         (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
-        return logits, grads
+        low = bf16.apply(variables, x, train=False)
+        out, updates = model.apply(
+            variables, x, train=True, rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"]
+        )
+        return logits, grads, low, out, updates
 
-    logits, grads = eval_logits_and_grads(variables)
+    logits, grads, low, out, updates = everything(variables)
     assert logits.shape == (BATCH, classes)
     assert logits.dtype == jnp.float32
     assert bool(jnp.all(jnp.isfinite(logits)))
 
-    # jit equals no-jit (eager op-by-op execution).
-    eager = model.apply(variables, x, train=False)
-    np.testing.assert_allclose(np.asarray(eager), np.asarray(logits), rtol=1e-4, atol=1e-5)
+    if name in EAGER:  # jit equals no-jit (eager op-by-op execution)
+        eager = model.apply(variables, x, train=False)
+        np.testing.assert_allclose(np.asarray(eager), np.asarray(logits), rtol=1e-4, atol=1e-5)
 
     # Every parameter is used: each leaf's gradient is finite and not all zero.
-    dead = [jax.tree_util.keystr(path) for path, g in jax.tree_util.tree_leaves_with_path(grads)
-            if not bool(jnp.any(g != 0))]
-    bad = [jax.tree_util.keystr(path) for path, g in jax.tree_util.tree_leaves_with_path(grads)
-           if not bool(jnp.all(jnp.isfinite(g)))]
+    leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(grads))
+    dead = [jax.tree_util.keystr(path) for path, g in leaves if not np.any(g != 0)]
+    bad = [jax.tree_util.keystr(path) for path, g in leaves if not np.all(np.isfinite(g))]
     assert not dead, f"{name}/{head}: parameters with an all-zero gradient: {dead[:5]}"
     assert not bad, f"{name}/{head}: non-finite gradients: {bad[:5]}"
 
     # bf16 compute with the same fp32 parameters stays close to fp32 (relative L2 error of the logits).
-    bf16 = create_model(name, num_classes=classes, head=head, dtype=jnp.bfloat16)
-    low = bf16.apply(variables, x, train=False)
     assert low.dtype == jnp.float32
     rel = float(jnp.linalg.norm(low - logits) / jnp.linalg.norm(logits))
     assert rel < 0.05, f"{name}/{head}: bf16 logits differ from fp32 by {rel:.3f} (relative L2)"
 
     # Train mode: BatchNorm statistics update, dropout draws from the 'dropout' stream, all finite.
-    out, updates = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)},
-                               mutable=["batch_stats"])
     assert bool(jnp.all(jnp.isfinite(out)))
     if "batch_stats" in variables:
         assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
