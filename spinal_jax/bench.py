@@ -125,12 +125,18 @@ def _step_flops(state: Any, batch: dict[str, jax.Array]) -> float | None:
     The compiled GPU executable's analysis leaves out cuDNN convolutions (custom calls) and counts a
     scanned loop's body once, so it is not used.
     """
-    step = jax.jit(functools.partial(steps.train_step, axis_name=None))
-    cost = step.lower(state, batch).cost_analysis()
-    if isinstance(cost, list):
-        cost = cost[0] if cost else {}
-    flops = (cost or {}).get("flops")
-    return float(flops) if flops else None
+    traced = jax.jit(functools.partial(steps.train_step, axis_name=None)).trace(state, batch)
+    # jax 0.11.2 on a GPU returned no analysis for the GPU lowering (H200, 2026-11-26): fall back to the
+    # same step lowered for the CPU, whose HLO cost analysis counts the same convolutions and matmuls.
+    for platforms in (None, ("cpu",)):
+        lowered = traced.lower() if platforms is None else traced.lower(lowering_platforms=platforms)
+        cost = lowered.cost_analysis()
+        if isinstance(cost, list):
+            cost = cost[0] if cost else {}
+        flops = (cost or {}).get("flops")
+        if flops:
+            return float(flops)
+    return None
 
 
 def run_workload(
