@@ -25,6 +25,21 @@ flags.DEFINE_integer("process_id", -1, "Index of this process (multi-process run
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with one clear message for a ``--config.X`` override naming no field."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as err:  # how ml_collections reports a missing field
+        key = str(err).strip("\"'")
+        overrides = [a[2:].split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+        field = next((o for o in overrides if key in o.split(".")[1:]), f"config.{key}")
+        sys.exit(
+            f"Unknown config field {field!r}: the config has no field {key!r} there. Check the spelling "
+            "against the config file and docs/TRAINING.md (fields); new fields cannot be added from the "
+            "command line."
+        )
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -52,4 +67,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

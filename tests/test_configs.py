@@ -103,6 +103,29 @@ def test_unknown_field_and_wrong_type_are_rejected():
         load("mnist_cnn.py", "--config.num_epochs=many")
 
 
+def test_train_py_names_an_unknown_field_in_one_message(tmp_path):
+    """The CLI turns ml_collections' bare AttributeError into one line naming the override."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "--config",
+            str(REPO / "configs/mnist_cnn.py"),
+            "--workdir",
+            str(tmp_path / "w"),
+            "--config.optim.lrr=0.1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "Unknown config field 'config.optim.lrr'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
