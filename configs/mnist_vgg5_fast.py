@@ -20,7 +20,9 @@ Command: ``python -m spinal_jax.bench --tta configs/mnist_vgg5_fast.py:bf16,pape
 
 from spinal_jax.config import HEADS, base_config, data_config
 
-DATASETS = ("mnist", "fashion_mnist", "kmnist", "emnist/digits", "emnist/letters", "emnist/balanced")
+DATASETS = (
+    "mnist", "qmnist", "fashion_mnist", "kmnist", "emnist/digits", "emnist/letters", "emnist/balanced",
+)  # fmt: skip
 
 
 def get_config(arg: str | None = None):

@@ -28,6 +28,13 @@ MNIST_FILES = (
     "t10k-images-idx3-ubyte.gz",
     "t10k-labels-idx1-ubyte.gz",
 )
+# The official facebookresearch/qmnist release names (read by qmnist_builder.py).
+QMNIST_FILES = (
+    "qmnist-train-images-idx3-ubyte.gz",
+    "qmnist-train-labels-idx2-int.gz",
+    "qmnist-test-images-idx3-ubyte.gz",
+    "qmnist-test-labels-idx2-int.gz",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +43,8 @@ class DatasetSpec:
 
     Attributes:
       name: the config name (``emnist/letters``...).
-      kind: 'stock' (a tfds catalog builder), 'quickdraw' or 'image_folder' (builders of our own).
+      kind: 'stock' (a tfds catalog builder), 'qmnist', 'quickdraw' or 'image_folder' (builders of our
+        own).
       tfds_name: name passed to ``tfds.builder`` (stock only).
       splits: how our 'train' / 'validation' / 'test' map onto the prepared tfds splits; a missing
         validation entry means it is carved from train by ``validation_fraction``.
@@ -69,6 +77,17 @@ _SPECS = [
         MNIST_STATS,
         "mnist",
         "http://yann.lecun.com/exdb/mnist/ (or ../shared/data/mnist)",
+    ),
+    # Our own builder; 'test' is the full 60,000-image QMNIST test set (its first 10,000 = MNIST's test set).
+    DatasetSpec(
+        "qmnist",
+        "qmnist",
+        "qmnist",
+        _TRAIN_TEST,
+        QMNIST_FILES,
+        MNIST_STATS,
+        "mnist",
+        "https://github.com/facebookresearch/qmnist (the four qmnist-*.gz files of the release)",
     ),
     DatasetSpec(
         "fashion_mnist",

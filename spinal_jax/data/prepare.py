@@ -1,7 +1,8 @@
 """Find or prepare a data set in tfds ArrayRecord format, with one clear error when files are missing.
 
 Stock tfds builders (mnist, cifar10, ...) need TensorFlow to prepare; it is imported here, lazily, and
-only when a data set is not yet prepared. Our own builders (Quick Draw, image folders) prepare without it.
+only when a data set is not yet prepared. Our own builders (QMNIST, Quick Draw, image folders) prepare without
+it.
 Reading a prepared data set never needs TensorFlow.
 """
 
@@ -36,6 +37,10 @@ def make_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
         predefined = {c.name for c in QuickdrawSubset.BUILDER_CONFIGS}
         config_arg = cfg.name if cfg.name in predefined else cfg
         return QuickdrawSubset(config=config_arg, data_dir=data_dir, file_format="array_record")
+    if spec.kind == "qmnist":
+        from spinal_jax.data.qmnist_builder import Qmnist
+
+        return Qmnist(data_dir=data_dir, file_format="array_record")
     if spec.kind == "image_folder":
         from spinal_jax.data.image_folder_builder import SpinalImageFolder, image_folder_config
 
@@ -77,6 +82,16 @@ def check_manual_files(config: ml_collections.ConfigDict, spec: DatasetSpec, man
     missing = [f for f in expected_files(config, spec) if not (manual / f).exists()]
     if missing:
         raise DataPreparationError(_missing_message(config, spec, manual, missing))
+    if spec.kind == "qmnist":
+        from spinal_jax.data.qmnist_builder import QmnistFileError, check_files
+
+        try:
+            check_files(manual)
+        except QmnistFileError as err:
+            raise DataPreparationError(
+                f"Data set {config.name!r}: {err} Replace it with the original release file (source: "
+                f"{spec.source})."
+            ) from err
 
 
 _HASH_LIMIT = 4 << 30  # sha256 files up to 4 GiB; larger ones (ImageNet) are checked by size only
