@@ -20,6 +20,7 @@ from PIL import Image
 
 from spinal_jax.data import DataPreparationError, create_input_pipeline, default_data_config, prepare_dataset
 from spinal_jax.data.config import shared_dir, validate_data_config
+from tests.training_helpers.tf_free_site import tf_free_site
 
 DATA = shared_dir() / "data"
 MNIST_FILES = [
@@ -396,16 +397,7 @@ print(json.dumps({"shape": list(batch["image"].shape), "test": n, "tf_modules": 
 
 def test_train_time_modules_need_no_tensorflow(mnist_config, tmp_path):
     """Run in a Python whose site-packages lacks tensorflow / keras / torch (as on the GPU machine)."""
-    import site
-
-    view = tmp_path / "site"
-    view.mkdir()
-    for entry in Path(site.getsitepackages()[0]).iterdir():
-        if (
-            not entry.name.startswith(("tensorflow-", "tensorflow_cpu", "keras", "torch"))
-            and entry.name != "tensorflow"
-        ):
-            (view / entry.name).symlink_to(entry)
+    view = tf_free_site(tmp_path / "site")
     repo = Path(__file__).resolve().parents[1]
     env = {
         **os.environ,

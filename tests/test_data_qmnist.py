@@ -23,6 +23,7 @@ import pytest
 from spinal_jax.data import DataPreparationError, create_input_pipeline, default_data_config, prepare_dataset
 from spinal_jax.data.catalog import QMNIST_FILES
 from spinal_jax.data.config import validate_data_config
+from tests.training_helpers.tf_free_site import tf_free_site
 
 REPO = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST = 50, 30
@@ -212,17 +213,8 @@ print(json.dumps({"sizes": pipe.num_examples, "shape": list(batch["image"].shape
 
 def test_prepare_needs_no_tensorflow(tmp_path):
     """Prepare (from scratch) and read in a Python whose site-packages lacks tensorflow / keras / torch."""
-    import site
-
     written = write_qmnist(tmp_path / "manual")
-    view = tmp_path / "site"
-    view.mkdir()
-    for entry in Path(site.getsitepackages()[0]).iterdir():
-        if (
-            not entry.name.startswith(("tensorflow-", "tensorflow_cpu", "keras", "torch"))
-            and entry.name != "tensorflow"
-        ):
-            (view / entry.name).symlink_to(entry)
+    view = tf_free_site(tmp_path / "site")
     env = {**os.environ, "PYTHONPATH": f"{view}{os.pathsep}{REPO}", "JAX_PLATFORMS": "cpu"}
     cfg = {**_cfg(tmp_path), "batch_size": 15, "augment": "reference"}
     out = subprocess.run(

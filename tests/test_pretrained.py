@@ -21,6 +21,7 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 from spinal_jax import pretrained  # noqa: E402
 from spinal_jax.convert import main as convert_main  # noqa: E402
 from spinal_jax.models import create_model  # noqa: E402
+from tests.training_helpers.torch_models import random_torchvision_model  # noqa: E402
 
 ARCHS = [
     "resnet18",
@@ -41,16 +42,7 @@ ARCHS = [
 @functools.lru_cache(maxsize=2)
 def torch_model(arch: str, num_classes: int = 1000, seed: int = 0):
     """A randomly initialised torchvision model in eval mode, with random BatchNorm statistics and affine."""
-    torch.manual_seed(seed)
-    model = getattr(torchvision.models, arch)(num_classes=num_classes).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0.0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.0)
-                m.bias.normal_(0.0, 0.1)
-    return model
+    return random_torchvision_model(arch, num_classes, seed)
 
 
 def save(model, directory: pathlib.Path, fmt: str = "pth") -> pathlib.Path:

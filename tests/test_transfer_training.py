@@ -28,6 +28,7 @@ torchvision = pytest.importorskip("torchvision")
 from spinal_jax import config as config_lib  # noqa: E402
 from spinal_jax import finetune, pretrained, steps, training  # noqa: E402
 from spinal_jax.convert import main as convert_main  # noqa: E402
+from tests.training_helpers.torch_models import random_torchvision_model  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("SPINAL_SHARED", REPO.parent / "shared"))
@@ -66,15 +67,7 @@ def compilation_cache(tmp_path_factory):
 def weights(tmp_path_factory):
     """(resnet18 .pth file, its converted Orbax checkpoint, the converted variables)."""
     tmp = tmp_path_factory.mktemp("weights")
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18().eval()
-    with torch.no_grad():  # BatchNorm statistics and affine away from their (0, 1) defaults
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0.0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.0)
-                m.bias.normal_(0.0, 0.1)
+    model = random_torchvision_model("resnet18")  # BatchNorm statistics away from (0, 1)
     pth = tmp / "resnet18.pth"
     torch.save(model.state_dict(), pth)
     ckpt = tmp / "resnet18_converted"
