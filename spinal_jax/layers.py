@@ -246,9 +246,7 @@ class SpinalFC(nn.Module):
         k = self.num_layers
         if self.spatial:
             if x.ndim != 4:
-                raise ValueError(
-                    f"SpinalFC(spatial=True) expects a (B, H, W, C) map, got shape {x.shape}."
-                )
+                raise ValueError(f"SpinalFC(spatial=True) expects a (B, H, W, C) map, got shape {x.shape}.")
             b, h, w, c = x.shape
             positions = x.reshape(b, h * w, c)
             return positions[:, np.arange(k) % (h * w)]
@@ -292,9 +290,7 @@ class SpinalFC(nn.Module):
 
         input_kernel = self.param("input_kernel", input_init, (stored, s, w), self.param_dtype)
         hidden_kernel = (
-            self.param("hidden_kernel", hidden_init, (stored - 1, w, w), self.param_dtype)
-            if k > 1
-            else None
+            self.param("hidden_kernel", hidden_init, (stored - 1, w, w), self.param_dtype) if k > 1 else None
         )
         bias = self.param("bias", bias_init, (stored, w), self.param_dtype)
         chunks, input_kernel, hidden_kernel, bias = nn.dtypes.promote_dtype(
@@ -305,10 +301,14 @@ class SpinalFC(nn.Module):
         deterministic = not train or self.dropout_rate == 0.0
 
         if self.fused:
-            chunks = jnp.stack(
-                [drops[i](chunks[:, i], deterministic=deterministic)
-                 for i in range(k)], axis=1,
-            ) if not deterministic else chunks
+            chunks = (
+                jnp.stack(
+                    [drops[i](chunks[:, i], deterministic=deterministic) for i in range(k)],
+                    axis=1,
+                )
+                if not deterministic
+                else chunks
+            )
             layer_of = np.array([self._param_index(i) for i in range(k)])
             # One batched matmul for every input-chunk projection: (B, k, s) x (k, s, w) -> (B, k, w).
             projected = jnp.einsum("bks,ksw->bkw", chunks, input_kernel[layer_of]) + bias[layer_of]
@@ -324,23 +324,30 @@ class SpinalFC(nn.Module):
             else:
                 inp = chunks[:, i] if z is None else jnp.concatenate([chunks[:, i], z], axis=-1)
                 inp = drops[i](inp, deterministic=deterministic)
-                kernel = input_kernel[p] if z is None else jnp.concatenate(
-                    [input_kernel[p], hidden_kernel[p - 1]], axis=0
+                kernel = (
+                    input_kernel[p]
+                    if z is None
+                    else jnp.concatenate([input_kernel[p], hidden_kernel[p - 1]], axis=0)
                 )
                 pre = inp @ kernel + bias[p]
             if self.use_bn:
-                pre = batch_norm(train, self.bn_axis_name, dtype=self.dtype,
-                                 param_dtype=self.param_dtype, name=f"bn_{i}")(pre)
+                pre = batch_norm(
+                    train, self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype, name=f"bn_{i}"
+                )(pre)
             z = act(pre)
             outputs.append(z)
         features = jnp.concatenate(outputs, axis=-1)
         if self.num_classes is None:
             return features
-        features = nn.Dropout(self.dropout_rate, name="dropout_out")(
-            features, deterministic=deterministic
-        )
-        return Dense(self.num_classes, kernel_init=self.kernel_init, bias_init=self.readout_bias_init,
-                     dtype=self.dtype, param_dtype=self.param_dtype, name="readout")(features)
+        features = nn.Dropout(self.dropout_rate, name="dropout_out")(features, deterministic=deterministic)
+        return Dense(
+            self.num_classes,
+            kernel_init=self.kernel_init,
+            bias_init=self.readout_bias_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="readout",
+        )(features)
 
     def _kernel_part(self, key: Array, layer: int, s: int, dtype: Dtype) -> Array:
         """An ``(s + w, w)`` kernel (or ``(s, w)`` for sub-layer 1) initialised with its true fan_in."""

@@ -15,12 +15,14 @@ zero gradients everywhere.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compile_options import FAST_COMPILE
 
 from spinal_jax.models import create_model, get_spec, list_models
 
@@ -38,10 +40,17 @@ CASES = [(name, head) for name in list_models() for head in ("default", "spinal"
 
 
 def _variables(model, x: jax.Array, seed: int = 1) -> dict:
-    """Random variables of ``model``'s shapes: kernels N(0, 1/fan_in), other params N(0, 0.1) (+1 for BN
-    scales), BatchNorm running means 0 and variances 1."""
+    """Random float32 variables of ``model``'s shapes, uniform with these moments: kernels mean 0, variance
+    1/fan_in; other params mean 0 (1 for BN scales), std 0.1; BatchNorm running means 0, variances 1."""
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
     rng = np.random.default_rng(seed)
+
+    def uniform(shape, std: float, mean: float = 0.0) -> np.ndarray:
+        value = rng.random(shape, np.float32)  # in place: the VGG classifiers hold 10^8 weights
+        value -= np.float32(0.5)
+        value *= np.float32(std * np.sqrt(12.0))
+        value += np.float32(mean)
+        return value
 
     def draw(path, leaf):
         name = jax.tree_util.keystr(path)
@@ -49,9 +58,8 @@ def _variables(model, x: jax.Array, seed: int = 1) -> dict:
             return np.zeros(leaf.shape, leaf.dtype) if "mean" in name else np.ones(leaf.shape, leaf.dtype)
         if len(leaf.shape) >= 2:
             fan_in = int(np.prod(leaf.shape[:-1])) if "kernel" in name else leaf.shape[-2]
-            return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(leaf.dtype)
-        value = 0.1 * rng.standard_normal(leaf.shape)
-        return (value + (1.0 if "scale" in name else 0.0)).astype(leaf.dtype)
+            return uniform(leaf.shape, 1 / np.sqrt(fan_in))
+        return uniform(leaf.shape, 0.1, 1.0 if "scale" in name else 0.0)
 
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
@@ -69,7 +77,7 @@ def test_forward_jit_bf16_and_gradients(name, head):
     variables = _variables(model, x)
     weights = jax.random.normal(jax.random.key(3), (BATCH, classes))
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
     def everything(variables):
         """Eval logits and gradients, bf16 logits, train-mode logits and BN updates: one compile."""
 

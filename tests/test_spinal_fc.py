@@ -8,6 +8,7 @@ spinal_jax.layers except the documented weight mapping W_i = concat[input_kernel
 
 from __future__ import annotations
 
+import functools
 import re
 
 import chex
@@ -106,8 +107,8 @@ def test_matches_numpy_reference(name, fused):
     classes = 7
     module = SpinalFC(num_classes=classes, fused=fused, **kw)
     x = jax.random.normal(jax.random.key(0), (5, *shape))
-    variables = _randomise(module.init(jax.random.key(1), x), jax.random.key(2))
-    got = np.asarray(module.apply(variables, x, train=False), np.float64)
+    variables = jax.jit(lambda key: _randomise(module.init(key, x), jax.random.key(2)))(jax.random.key(1))
+    got = np.asarray(jax.jit(lambda v: module.apply(v, x, train=False))(variables), np.float64)
 
     params = variables["params"]
     k = kw["num_layers"]
@@ -144,11 +145,11 @@ def test_matches_numpy_reference(name, fused):
 def test_features_without_readout():
     module = SpinalFC(width=4, num_classes=None, num_layers=3)
     x = jax.random.normal(jax.random.key(0), (3, 10))
-    variables = _randomise(module.init(jax.random.key(1), x), jax.random.key(2))
+    variables = jax.jit(lambda key: _randomise(module.init(key, x), jax.random.key(2)))(jax.random.key(1))
     assert "readout" not in variables["params"]
     weights, biases = _torch_layout(variables["params"], 3, False)
     want = _numpy_spinal(x, weights, biases, None, None, k=3, n=2, act=ACTS["relu"])
-    np.testing.assert_allclose(module.apply(variables, x), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(module.apply)(variables, x), want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -158,7 +159,7 @@ def test_fused_equals_layer_by_layer_in_training(kw):
     """With dropout off, the train-mode forward (batch statistics) and its gradients agree too."""
     module = SpinalFC(width=8, num_classes=4, **kw)
     x = jax.random.normal(jax.random.key(0), (16, 30))
-    variables = module.init(jax.random.key(1), x)
+    variables = jax.jit(module.init)(jax.random.key(1), x)
 
     def loss(params, fused):
         out, _ = module.clone(fused=fused).apply(
@@ -166,8 +167,12 @@ def test_fused_equals_layer_by_layer_in_training(kw):
         )
         return jnp.sum(out**2), out
 
-    (l1, o1), g1 = jax.value_and_grad(loss, has_aux=True)(variables["params"], True)
-    (l2, o2), g2 = jax.value_and_grad(loss, has_aux=True)(variables["params"], False)
+    @functools.partial(jax.jit, static_argnums=0)
+    def loss_and_grads(fused: bool):
+        return jax.value_and_grad(loss, has_aux=True)(variables["params"], fused)
+
+    (l1, o1), g1 = loss_and_grads(True)
+    (l2, o2), g2 = loss_and_grads(False)
     chex.assert_trees_all_close(o1, o2, rtol=1e-5, atol=1e-5)
     chex.assert_trees_all_close(g1, g2, rtol=1e-4, atol=1e-5)
 
@@ -176,7 +181,7 @@ def test_initialisation_matches_pytorch_bounds():
     """Sub-layer 1 is nn.Linear(s, w), the others nn.Linear(s + w, w): U(+-1/sqrt(fan_in))."""
     s, w = 400, 50
     module = SpinalFC(width=w, num_classes=10, num_layers=4)
-    params = module.init(jax.random.key(0), jnp.zeros((1, 2 * s)))["params"]
+    params = jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, 2 * s)))["params"]
     first = params["input_kernel"][0]
     later = jnp.concatenate([params["input_kernel"][1:], params["hidden_kernel"]], axis=1)
     assert float(jnp.abs(first).max()) <= 1 / np.sqrt(s)
@@ -206,42 +211,46 @@ def test_param_count_matches_formula(seed):
 def test_bf16_compute_keeps_fp32_params():
     module = SpinalFC(width=32, num_classes=10, use_bn=True, dtype=jnp.bfloat16)
     x = jax.random.normal(jax.random.key(0), (8, 64))
-    variables = module.init(jax.random.key(1), x)
+    variables = jax.jit(module.init)(jax.random.key(1), x)
     chex.assert_trees_all_equal_dtypes(
         variables["params"], jax.tree.map(lambda a: a.astype(jnp.float32), variables["params"])
     )
-    out = module.apply(variables, x)
+    out = jax.jit(module.apply)(variables, x)
     assert out.dtype == jnp.bfloat16
-    ref = module.clone(dtype=jnp.float32).apply(variables, x)
+    ref = jax.jit(module.clone(dtype=jnp.float32).apply)(variables, x)
     np.testing.assert_allclose(np.asarray(out, np.float32), ref, rtol=5e-2, atol=5e-2)
 
 
 def test_dropout_train_differs_across_rngs_eval_is_deterministic():
     module = SpinalFC(width=16, num_classes=5, dropout_rate=0.5, use_bn=True)
     x = jax.random.normal(jax.random.key(0), (8, 40))
-    variables = module.init(jax.random.key(1), x)
+    variables = jax.jit(module.init)(jax.random.key(1), x)
 
+    @jax.jit
     def train(seed):
         out, _ = module.apply(
             variables, x, train=True, rngs={"dropout": jax.random.key(seed)}, mutable=["batch_stats"]
         )
-        return np.asarray(out)
+        return out
 
     assert not np.allclose(train(0), train(1))
     np.testing.assert_array_equal(train(3), train(3))
-    np.testing.assert_array_equal(module.apply(variables, x), module.apply(variables, x))
+    evaluate = jax.jit(module.apply)
+    np.testing.assert_array_equal(evaluate(variables, x), evaluate(variables, x))
 
 
 def test_dropout_masks_are_independent_per_sub_layer():
     """Sub-layers 1 and 3 read the same half; their dropout masks must differ (separate modules)."""
     module = SpinalFC(width=4, num_classes=None, num_layers=3, dropout_rate=0.5, activation="identity")
     x = jnp.ones((1, 200))
-    variables = module.init(jax.random.key(0), x)
-    params = jax.tree.map(jnp.zeros_like, variables["params"])
+    shapes = jax.eval_shape(module.init, jax.random.key(0), x)
+    params = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), shapes["params"])
     # Only sub-layers 1 and 3 see the input, through identical all-ones kernels:
     # z_1 == z_3 unless the masks differ.
-    params["input_kernel"] = params["input_kernel"].at[0].set(1.0).at[2].set(1.0)
-    out = module.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.key(7)})
+    params["input_kernel"][[0, 2]] = 1.0
+    out = jax.jit(module.apply, static_argnames="train")(
+        {"params": params}, x, train=True, rngs={"dropout": jax.random.key(7)}
+    )
     z1, z3 = np.asarray(out[0, :4]), np.asarray(out[0, 8:12])
     assert z1[0] > 0 and z3[0] > 0
     assert not np.allclose(z1, z3)

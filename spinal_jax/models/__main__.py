@@ -16,8 +16,10 @@ from spinal_jax.models.summary import model_table
 
 
 def _format(rows: list[dict]) -> str:
-    header = (f"{'model':<18} {'classes':>7} {'input':>11} {'default total':>14} {'default head':>13} "
-              f"{'share':>6} {'spinal total':>13} {'spinal head':>12} {'share':>6} {'head change':>11}")
+    header = (
+        f"{'model':<18} {'classes':>7} {'input':>11} {'default total':>14} {'default head':>13} "
+        f"{'share':>6} {'spinal total':>13} {'spinal head':>12} {'share':>6} {'head change':>11}"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         d, s = r["default"], r["spinal"]
@@ -32,8 +34,12 @@ def _format(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--num-classes", type=int, default=None,
-                        help="classes for every model (default: each model's usual count)")
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="classes for every model (default: each model's usual count)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
     rows = model_table(args.num_classes)

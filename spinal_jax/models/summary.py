@@ -18,8 +18,9 @@ def _size(tree: Any) -> int:
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
 
 
-def param_counts(name: str, num_classes: int | None = None, head: str = "spinal",
-                 **overrides: Any) -> dict[str, int]:
+def param_counts(
+    name: str, num_classes: int | None = None, head: str = "spinal", **overrides: Any
+) -> dict[str, int]:
     """``{'total', 'head', 'backbone'}`` trainable-parameter counts of one model (no arrays allocated)."""
     spec = get_spec(name)
     model = create_model(name, num_classes=num_classes, head=head, **overrides)
@@ -36,13 +37,15 @@ def model_table(num_classes: int | None = None) -> list[dict]:
     for name in list_models():
         spec = get_spec(name)
         classes = spec.num_classes if num_classes is None else num_classes
-        rows.append({
-            "name": name,
-            "family": spec.family,
-            "num_classes": classes,
-            "input_shape": list(spec.input_shape),
-            "description": spec.description,
-            "default": param_counts(name, classes, "default"),
-            "spinal": param_counts(name, classes, "spinal"),
-        })
+        rows.append(
+            {
+                "name": name,
+                "family": spec.family,
+                "num_classes": classes,
+                "input_shape": list(spec.input_shape),
+                "description": spec.description,
+                "default": param_counts(name, classes, "default"),
+                "spinal": param_counts(name, classes, "spinal"),
+            }
+        )
     return rows
