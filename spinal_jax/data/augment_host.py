@@ -1,8 +1,9 @@
 """Host-side (numpy / PIL) reference augmentations, one uint8 ``(H, W, C)`` image at a time.
 
 Each mirrors the torchvision transform the reference used (``spinalnet.md`` §2), with the same parameter
-distributions; ``augment_device.py`` has the vectorised JAX versions. All take a ``np.random.Generator``
-so grain's ``random_map`` makes them deterministic per example and epoch.
+distributions; ``augment_device.py`` has the vectorised JAX versions. All take a ``np.random.Generator``;
+the pipeline seeds one per stream position (``pipeline.example_rng``), so they are deterministic per
+example and epoch.
 """
 
 from __future__ import annotations
