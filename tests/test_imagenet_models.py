@@ -137,14 +137,19 @@ def test_resnet_spinal_head_replaces_fc(name, features):
 def test_forward_small_resolution(name, head):
     model = create_model(name, 7, head=head)
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 64, 64, 3))
-    variables = model.init(jax.random.PRNGKey(0), x)
-    logits = model.apply(variables, x)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+
+    @jax.jit
+    def both_modes(variables):
+        train = model.apply(
+            variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(2)}
+        )
+        return model.apply(variables, x), train
+
+    logits, (logits_train, updates) = both_modes(variables)
     chex.assert_shape(logits, (2, 7))
     chex.assert_type(logits, jnp.float32)
     chex.assert_tree_all_finite(logits)
-    logits_train, updates = model.apply(
-        variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(2)}
-    )
     chex.assert_shape(logits_train, (2, 7))
     chex.assert_trees_all_equal_shapes(updates["batch_stats"], variables["batch_stats"])
     # Training mode updates the running statistics of the first BN.
@@ -157,8 +162,8 @@ def test_forward_small_resolution(name, head):
 def test_bfloat16_compute_returns_float32_logits():
     model = create_model("resnet18", 3, head="spinal", dtype=jnp.bfloat16)
     x = jnp.ones((1, 32, 32, 3))
-    variables = model.init(jax.random.PRNGKey(0), x)
-    chex.assert_type(model.apply(variables, x), jnp.float32)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+    chex.assert_type(jax.jit(model.apply)(variables, x), jnp.float32)
     chex.assert_type(jax.tree.leaves(variables["params"]), jnp.float32)
 
 
