@@ -10,7 +10,8 @@ tested per family (test_model_families.py, test_imagenet_models.py, test_spinal_
 "every parameter is used" check are taken in eval mode (in train mode a conv bias that feeds BatchNorm has
 an exactly-zero gradient by construction, in PyTorch as here) of a fixed random linear function of the
 logits: a log-softmax loss saturates on the large logits of a deep random network and then gives exactly
-zero gradients everywhere.
+zero gradients everywhere. The one compile per case uses LLVM -O0 (tests/compile_options.py): XLA:CPU
+compilation is most of this file's time.
 """
 
 from __future__ import annotations

@@ -255,6 +255,7 @@ class InputPipeline:
         return augment_host.resize(image, self._size())
 
     def augments_on_host(self) -> bool:
+        """Whether train examples are augmented here (else on the device, or not at all)."""
         return self.config.augment_on == "host" and self.policy != "none"
 
     def _train_example(self, ex: dict[str, Any], rng: np.random.Generator | None) -> dict[str, Any]:
