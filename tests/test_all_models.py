@@ -10,20 +10,17 @@ tested per family (test_model_families.py, test_imagenet_models.py, test_spinal_
 "every parameter is used" check are taken in eval mode (in train mode a conv bias that feeds BatchNorm has
 an exactly-zero gradient by construction, in PyTorch as here) of a fixed random linear function of the
 logits: a log-softmax loss saturates on the large logits of a deep random network and then gives exactly
-zero gradients everywhere. The one compile per case uses LLVM -O0 (tests/compile_options.py): XLA:CPU
-compilation is most of this file's time.
+zero gradients everywhere.
 """
 
 from __future__ import annotations
 
-import functools
 import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from compile_options import FAST_COMPILE
 
 from spinal_jax.models import create_model, get_spec, list_models
 
@@ -78,7 +75,7 @@ def test_forward_jit_bf16_and_gradients(name, head):
     variables = _variables(model, x)
     weights = jax.random.normal(jax.random.key(3), (BATCH, classes))
 
-    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    @jax.jit
     def everything(variables):
         """Eval logits and gradients, bf16 logits, train-mode logits and BN updates: one compile."""
 
