@@ -379,8 +379,9 @@ def test_wrong_checksum_error(tmp_path):
 _NO_TF_SCRIPT = """
 import importlib.util, json, sys
 assert importlib.util.find_spec("tensorflow") is None, "tensorflow is still importable"
-import spinal_jax.data, spinal_jax.data.augment_device, spinal_jax.data.throughput
+import spinal_jax.data, spinal_jax.data.augment_device, spinal_jax.data.throughput, spinal_jax.training
 from spinal_jax.data import create_input_pipeline
+tfds_on_import = "tensorflow_datasets" in sys.modules  # tfds is loaded only where a data set is opened
 cfg = json.loads(sys.argv[1])
 pipe = create_input_pipeline(cfg)  # device and process counts from jax: 4 forced CPU devices, 1 process
 batch = next(pipe.train_iterator())
@@ -391,7 +392,8 @@ try:  # preparing a stock builder is the one thing that needs TensorFlow: a clea
 except spinal_jax.data.DataPreparationError as err:
     assert "needs TensorFlow" in str(err) and "spinal_jax[prepare]" in str(err), err
 bad = [m for m in sys.modules if m == "tensorflow" or m.startswith("tensorflow.") or m == "torch"]
-print(json.dumps({"shape": list(batch["image"].shape), "test": n, "tf_modules": bad}))
+out = {"shape": list(batch["image"].shape), "test": n, "tf_modules": bad, "tfds_on_import": tfds_on_import}
+print(json.dumps(out))
 """
 
 
@@ -415,7 +417,7 @@ def test_train_time_modules_need_no_tensorflow(mnist_config, tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result == {"shape": [4, 25, 28, 28, 1], "test": 10000, "tf_modules": []}
+    assert result == {"shape": [4, 25, 28, 28, 1], "test": 10000, "tf_modules": [], "tfds_on_import": False}
 
 
 def test_worker_processes_give_the_same_batches(quickdraw_config):

@@ -26,7 +26,6 @@ import grain
 import jax
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 from PIL import Image
 
 from spinal_jax.data import augment_host
@@ -218,6 +217,8 @@ class InputPipeline:
 
     def _source(self, tfds_split: str):
         if tfds_split not in self._sources:
+            import tensorflow_datasets as tfds  # loaded with the builder by prepare_dataset already
+
             # Images stay encoded here and are decoded with PIL in the (parallel) transforms.
             self._sources[tfds_split] = self.builder.as_data_source(
                 split=tfds_split, decoders={"image": tfds.decode.SkipDecoding()}

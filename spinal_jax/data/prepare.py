@@ -11,12 +11,15 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ml_collections
-import tensorflow_datasets as tfds
 
 from spinal_jax.data.catalog import DatasetSpec, get_dataset_spec
 from spinal_jax.data.config import resolve_data_dir, resolve_manual_dir
+
+if TYPE_CHECKING:
+    import tensorflow_datasets as tfds
 
 
 class DataPreparationError(ValueError):
@@ -25,6 +28,8 @@ class DataPreparationError(ValueError):
 
 def make_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     """The tfds builder of ``config.name`` over ``data_dir`` (prepared or not)."""
+    import tensorflow_datasets as tfds  # imported where a data set is opened, not by `import spinal_jax.data`
+
     spec = get_dataset_spec(config.name)
     data_dir = str(resolve_data_dir(config))
     if spec.kind == "quickdraw":
@@ -141,6 +146,8 @@ def prepare_dataset(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuild
             f"prepared copy."
         )
     check_manual_files(config, spec, manual)
+    import tensorflow_datasets as tfds
+
     if spec.kind == "stock" and importlib.util.find_spec("tensorflow") is None:
         raise DataPreparationError(
             f"Preparing the stock tfds data set {config.name!r} needs TensorFlow: pip install "
