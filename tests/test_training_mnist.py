@@ -27,6 +27,7 @@ OVERRIDES = [
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
+    env.pop("JAX_DEFAULT_PRNG_IMPL", None)  # the user's default generator (tests/conftest.py sets rbg)
     return env
 
 

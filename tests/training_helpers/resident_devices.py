@@ -37,7 +37,8 @@ spe = pipe.steps_per_epoch  # 200 // 32 = 6: the last 8 examples of each permuta
 assert spe == 6
 
 cfg = ml_collections.ConfigDict(dict(name="adam", weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8))
-tx = optim.create_optimizer(cfg, 3e-3)
+LR = 3e-3
+tx = optim.create_optimizer(cfg, LR)
 rng = jax.random.PRNGKey(0)
 ref_state = steps.create_train_state(rng, TinyBNNet(bn_axis_name=None), (28, 28, 1), tx)
 par_state = steps.create_train_state(rng, TinyBNNet(bn_axis_name=steps.AXIS), (28, 28, 1), tx)
@@ -70,7 +71,11 @@ for epoch in range(EPOCHS):
     ref_metrics.append(jax.device_get(m))
 
 got = jax_utils.unreplicate(p_state)
-chex.assert_trees_all_close(got.params, ref_state.params, rtol=1e-5, atol=1e-6)
+# The two runs differ only in float32 summation order (pmean of per-device sums vs one global sum). Adam
+# divides by sqrt(v): on a weight whose gradient is near zero that order noise moves the update by a
+# fraction of the learning rate (seen: 1.8e-6 = 6e-4 LR on 1 of 15,680 weights with jax's rbg PRNG), so
+# weights are compared to 1e-3 LR absolute; all other state keeps the tight tolerance.
+chex.assert_trees_all_close(got.params, ref_state.params, rtol=1e-5, atol=1e-3 * LR)
 chex.assert_trees_all_close(got.batch_stats, ref_state.batch_stats, rtol=1e-5, atol=1e-6)
 chex.assert_trees_all_close(got.opt_state, ref_state.opt_state, rtol=1e-5, atol=1e-6)
 assert int(got.step) == int(ref_state.step) == EPOCHS * spe

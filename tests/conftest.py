@@ -1,0 +1,19 @@
+"""Session-wide test settings.
+
+The suite runs with jax's ``rbg`` PRNG instead of the default ``threefry2x32``. Each ``jax.random`` call of a
+new shape compiles its generator, and threefry's is an unrolled program that takes 0.3-0.5 s to compile on
+the 2-core CI machine (3.2 s for one ``jax.jit(SpinalFC.init)``); the suite draws some hundreds of shapes.
+No test depends on the generator's values, only on determinism and independence. Subprocesses inherit the
+setting through the environment; ``test_training_mnist`` runs ``train.py`` with the default generator, so
+the configuration users get is exercised end to end.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["JAX_DEFAULT_PRNG_IMPL"] = "rbg"
+
+import jax  # noqa: E402  (after the environment variable, which jax reads on import)
+
+jax.config.update("jax_default_prng_impl", "rbg")
