@@ -47,11 +47,6 @@ def _idx_labels(path: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
-def tfds_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("tfds")
-
-
-@pytest.fixture(scope="session")
 def mnist_config(tfds_dir):
     _need(*(DATA / "mnist" / f for f in MNIST_FILES))
     c = default_data_config()
