@@ -375,6 +375,7 @@ _NO_TF_SCRIPT = """
 import importlib.util, json, sys
 assert importlib.util.find_spec("tensorflow") is None, "tensorflow is still importable"
 import spinal_jax.data, spinal_jax.data.augment_device, spinal_jax.data.throughput, spinal_jax.training
+import spinal_jax.data.qmnist_builder, spinal_jax.data.quickdraw_builder, spinal_jax.data.image_folder_builder
 from spinal_jax.data import create_input_pipeline
 tfds_on_import = "tensorflow_datasets" in sys.modules  # tfds is loaded only where a data set is opened
 cfg = json.loads(sys.argv[1])

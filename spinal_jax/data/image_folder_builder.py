@@ -9,11 +9,12 @@ JPEG and PNG bytes are stored as they are (no re-encoding).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import tarfile
+import types
 from collections.abc import Iterator
 from pathlib import Path
-
-import tensorflow_datasets as tfds
+from typing import Any
 
 SPLIT_ALIASES = {
     "train": "train",
@@ -26,16 +27,12 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
 
-@dataclasses.dataclass
-class ImageFolderConfig(tfds.core.BuilderConfig):
-    root: str = ""
-
-
-def image_folder_config(root: Path) -> ImageFolderConfig:
-    """A config named after the folder's name (not its path), so a prepared copy reads anywhere."""
+def image_folder_config(root: Path) -> Any:
+    """A config (``tfds.core.BuilderConfig``) named after the folder's name (not its path), so a prepared
+    copy reads anywhere."""
     root = Path(root).resolve()
     safe = "".join(ch if ch.isalnum() else "_" for ch in root.name) or "root"
-    return ImageFolderConfig(name=safe, root=str(root))
+    return image_folder_classes().Config(name=safe, root=str(root))
 
 
 def _parse(relpath: str) -> tuple[str, str] | None:
@@ -82,36 +79,48 @@ def iter_images(root: Path, split: str) -> Iterator[tuple[str, str, bytes]]:
                     yield f"{archive.name}:{member.name}", parsed[1], tar.extractfile(member).read()
 
 
-class SpinalImageFolder(tfds.core.GeneratorBasedBuilder):
-    """Images from ``<split>/<class>/*.jpg`` trees or archives, one class label per folder."""
+@functools.cache
+def image_folder_classes() -> types.SimpleNamespace:
+    """``Config`` and ``Builder`` (the tfds builder class ``SpinalImageFolder``), defined on first use:
+    tensorflow_datasets is imported here only."""
+    import tensorflow_datasets as tfds
 
-    VERSION = tfds.core.Version("1.0.0")
-    BUILDER_CONFIGS = [ImageFolderConfig(name="default", root="")]
-    MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        "Put <split>/<class>/*.jpg trees or .tar.gz archives of them in the manual dir."
-    )
+    @dataclasses.dataclass
+    class ImageFolderConfig(tfds.core.BuilderConfig):
+        root: str = ""
 
-    def _counts(self) -> dict[str, dict[str, int]]:
-        if not hasattr(self, "_scanned"):
-            self._scanned = scan(Path(self.builder_config.root))
-        return self._scanned
+    class SpinalImageFolder(tfds.core.GeneratorBasedBuilder):
+        """Images from ``<split>/<class>/*.jpg`` trees or archives, one class label per folder."""
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        classes = sorted({c for per_class in self._counts().values() for c in per_class})
-        return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-                    "label": tfds.features.ClassLabel(names=classes),
-                }
-            ),
-            supervised_keys=("image", "label"),
+        VERSION = tfds.core.Version("1.0.0")
+        BUILDER_CONFIGS = [ImageFolderConfig(name="default", root="")]
+        MANUAL_DOWNLOAD_INSTRUCTIONS = (
+            "Put <split>/<class>/*.jpg trees or .tar.gz archives of them in the manual dir."
         )
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        root = Path(self.builder_config.root)
-        return {split: self._generate_examples(root, split) for split in sorted(self._counts())}
+        def _counts(self) -> dict[str, dict[str, int]]:
+            if not hasattr(self, "_scanned"):
+                self._scanned = scan(Path(self.builder_config.root))
+            return self._scanned
 
-    def _generate_examples(self, root: Path, split: str):
-        for key, label, data in iter_images(root, split):
-            yield key, {"image": data, "label": label}
+        def _info(self) -> tfds.core.DatasetInfo:
+            classes = sorted({c for per_class in self._counts().values() for c in per_class})
+            return self.dataset_info_from_configs(
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+                        "label": tfds.features.ClassLabel(names=classes),
+                    }
+                ),
+                supervised_keys=("image", "label"),
+            )
+
+        def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+            root = Path(self.builder_config.root)
+            return {split: self._generate_examples(root, split) for split in sorted(self._counts())}
+
+        def _generate_examples(self, root: Path, split: str):
+            for key, label, data in iter_images(root, split):
+                yield key, {"image": data, "label": label}
+
+    return types.SimpleNamespace(Config=ImageFolderConfig, Builder=SpinalImageFolder)

@@ -31,7 +31,7 @@ from PIL import Image
 from spinal_jax.data import augment_host
 from spinal_jax.data.catalog import get_dataset_spec
 from spinal_jax.data.config import validate_data_config
-from spinal_jax.data.prepare import prepare_dataset
+from spinal_jax.data.prepare import open_split, prepare_dataset
 
 SPLITS = ("train", "validation", "test")
 _MAX_EPOCHS = 1_000_000
@@ -217,12 +217,8 @@ class InputPipeline:
 
     def _source(self, tfds_split: str):
         if tfds_split not in self._sources:
-            import tensorflow_datasets as tfds  # loaded with the builder by prepare_dataset already
-
             # Images stay encoded here and are decoded with PIL in the (parallel) transforms.
-            self._sources[tfds_split] = self.builder.as_data_source(
-                split=tfds_split, decoders={"image": tfds.decode.SkipDecoding()}
-            )
+            self._sources[tfds_split] = open_split(self.builder, tfds_split)
         return self._sources[tfds_split]
 
     def _decode(self, encoded: bytes) -> np.ndarray:

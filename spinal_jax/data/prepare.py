@@ -11,29 +11,30 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import ml_collections
 
 from spinal_jax.data.catalog import DatasetSpec, get_dataset_spec
 from spinal_jax.data.config import resolve_data_dir, resolve_manual_dir
 
-if TYPE_CHECKING:
-    import tensorflow_datasets as tfds
+DatasetBuilder = Any  # a tensorflow_datasets.core.DatasetBuilder (tfds is imported inside the functions)
 
 
 class DataPreparationError(ValueError):
     """A data set cannot be found or prepared; the message names the files and where to put them."""
 
 
-def make_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+def make_builder(config: ml_collections.ConfigDict) -> DatasetBuilder:
     """The tfds builder of ``config.name`` over ``data_dir`` (prepared or not)."""
     import tensorflow_datasets as tfds  # imported where a data set is opened, not by `import spinal_jax.data`
 
     spec = get_dataset_spec(config.name)
     data_dir = str(resolve_data_dir(config))
     if spec.kind == "quickdraw":
-        from spinal_jax.data.quickdraw_builder import QuickdrawSubset, quickdraw_config
+        from spinal_jax.data.quickdraw_builder import quickdraw_classes, quickdraw_config
+
+        QuickdrawSubset = quickdraw_classes().Builder  # noqa: N806
 
         cfg = quickdraw_config(
             tuple(config.classes), config.per_class_cap, config.validation_per_class, config.test_per_class
@@ -43,18 +44,25 @@ def make_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
         config_arg = cfg.name if cfg.name in predefined else cfg
         return QuickdrawSubset(config=config_arg, data_dir=data_dir, file_format="array_record")
     if spec.kind == "qmnist":
-        from spinal_jax.data.qmnist_builder import Qmnist
+        from spinal_jax.data.qmnist_builder import qmnist_builder
 
-        return Qmnist(data_dir=data_dir, file_format="array_record")
+        return qmnist_builder()(data_dir=data_dir, file_format="array_record")
     if spec.kind == "image_folder":
-        from spinal_jax.data.image_folder_builder import SpinalImageFolder, image_folder_config
+        from spinal_jax.data.image_folder_builder import image_folder_classes, image_folder_config
 
         cfg = image_folder_config(resolve_manual_dir(config))
-        return SpinalImageFolder(config=cfg, data_dir=data_dir, file_format="array_record")
+        return image_folder_classes().Builder(config=cfg, data_dir=data_dir, file_format="array_record")
     return tfds.builder(spec.tfds_name, data_dir=data_dir, file_format="array_record")
 
 
-def is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
+def open_split(builder: DatasetBuilder, split: str) -> Any:
+    """A random-access source of a prepared split's records, images left encoded (PNG / JPEG bytes)."""
+    import tensorflow_datasets as tfds
+
+    return builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+
+
+def is_prepared(builder: DatasetBuilder) -> bool:
     return (Path(builder.data_dir) / "dataset_info.json").exists()
 
 
@@ -102,9 +110,7 @@ def check_manual_files(config: ml_collections.ConfigDict, spec: DatasetSpec, man
 _HASH_LIMIT = 4 << 30  # sha256 files up to 4 GiB; larger ones (ImageNet) are checked by size only
 
 
-def check_checksums(
-    config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, manual: Path
-) -> None:
+def check_checksums(config: ml_collections.ConfigDict, builder: DatasetBuilder, manual: Path) -> None:
     """Compare size and sha256 of each manual file with the checksums tfds registers for the builder.
 
     tfds itself does not verify files taken from a manual dir, so a truncated or different file would
@@ -132,7 +138,7 @@ def check_checksums(
             )
 
 
-def prepare_dataset(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+def prepare_dataset(config: ml_collections.ConfigDict) -> DatasetBuilder:
     """Return the builder of ``config.name``, prepared (from the manual dir) if it was not yet."""
     spec = get_dataset_spec(config.name)
     builder = make_builder(config)

@@ -16,12 +16,12 @@ the MNIST test digits that MNIST left out; results on ``test`` are therefore on 
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 from pathlib import Path
 
 import numpy as np
-import tensorflow_datasets as tfds
 from PIL import Image
 
 from spinal_jax.data.catalog import QMNIST_FILES
@@ -121,33 +121,40 @@ def encode_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-class Qmnist(tfds.core.GeneratorBasedBuilder):
-    """QMNIST digits: 'train' (60,000) and 'test' (60,000: test10k, the MNIST test set, then test50k)."""
+@functools.cache
+def qmnist_builder() -> type:
+    """The tfds builder class ``Qmnist``, defined on first use (tensorflow_datasets is imported here only)."""
+    import tensorflow_datasets as tfds
 
-    VERSION = tfds.core.Version("1.0.0")
-    MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        f"Put the official QMNIST release files {', '.join(QMNIST_FILES)} in the manual dir "
-        "(https://github.com/facebookresearch/qmnist)."
-    )
+    class Qmnist(tfds.core.GeneratorBasedBuilder):
+        """QMNIST digits: 'train' (60,000) and 'test' (60,000: test10k, the MNIST test set, then test50k)."""
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(28, 28, 1), encoding_format="png"),
-                    "label": tfds.features.ClassLabel(names=[str(i) for i in range(10)]),
-                }
-            ),
-            supervised_keys=("image", "label"),
-            homepage="https://github.com/facebookresearch/qmnist",
+        VERSION = tfds.core.Version("1.0.0")
+        MANUAL_DOWNLOAD_INSTRUCTIONS = (
+            f"Put the official QMNIST release files {', '.join(QMNIST_FILES)} in the manual dir "
+            "(https://github.com/facebookresearch/qmnist)."
         )
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        manual = Path(dl_manager.manual_dir)
-        return {split: self._generate_examples(manual, split) for split in SPLIT_FILES}
+        def _info(self) -> tfds.core.DatasetInfo:
+            return self.dataset_info_from_configs(
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Image(shape=(28, 28, 1), encoding_format="png"),
+                        "label": tfds.features.ClassLabel(names=[str(i) for i in range(10)]),
+                    }
+                ),
+                supervised_keys=("image", "label"),
+                homepage="https://github.com/facebookresearch/qmnist",
+            )
 
-    def _generate_examples(self, manual: Path, split: str):
-        images, labels = read_split(manual, split)
-        for i in range(len(images)):
-            # bytes are stored as they are: no TensorFlow encoder is involved.
-            yield f"{split}_{i}", {"image": encode_png(images[i]), "label": int(labels[i, 0])}
+        def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+            manual = Path(dl_manager.manual_dir)
+            return {split: self._generate_examples(manual, split) for split in SPLIT_FILES}
+
+        def _generate_examples(self, manual: Path, split: str):
+            images, labels = read_split(manual, split)
+            for i in range(len(images)):
+                # bytes are stored as they are: no TensorFlow encoder is involved.
+                yield f"{split}_{i}", {"image": encode_png(images[i]), "label": int(labels[i, 0])}
+
+    return Qmnist

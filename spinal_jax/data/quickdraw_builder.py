@@ -10,37 +10,33 @@ depends only on the file, the class name and the config, never on the other clas
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import types
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import tensorflow_datasets as tfds
 from PIL import Image
 
+DEFAULT_CLASSES = ("apple", "bicycle", "cat", "diamond", "eye", "fish")
 
-@dataclasses.dataclass
-class QuickdrawConfig(tfds.core.BuilderConfig):
-    classes: tuple[str, ...] = ()
-    per_class_cap: int = 0
-    validation_per_class: int = 250
-    test_per_class: int = 500
+
+def config_name(
+    classes: tuple[str, ...], per_class_cap: int, validation_per_class: int, test_per_class: int
+) -> str:
+    """A name that identifies the class list, cap and split sizes (so each combination prepares once)."""
+    key = "|".join([*classes, str(per_class_cap), str(validation_per_class), str(test_per_class)])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+    return f"c{len(classes)}_cap{per_class_cap}_v{validation_per_class}_t{test_per_class}_{digest}"
 
 
 def quickdraw_config(
     classes: tuple[str, ...], per_class_cap: int, validation_per_class: int, test_per_class: int
-) -> QuickdrawConfig:
-    """A config whose name identifies the class list, cap and split sizes (so each prepares once)."""
-    key = "|".join([*classes, str(per_class_cap), str(validation_per_class), str(test_per_class)])
-    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
-    name = f"c{len(classes)}_cap{per_class_cap}_v{validation_per_class}_t{test_per_class}_{digest}"
-    return QuickdrawConfig(
-        name=name,
-        classes=tuple(classes),
-        per_class_cap=per_class_cap,
-        validation_per_class=validation_per_class,
-        test_per_class=test_per_class,
-    )
+) -> Any:
+    """The builder config (a ``tfds.core.BuilderConfig``) of these classes, cap and split sizes."""
+    return quickdraw_classes().make_config(classes, per_class_cap, validation_per_class, test_per_class)
 
 
 def class_rows(path: Path, cap: int) -> np.ndarray:
@@ -69,34 +65,60 @@ def split_indices(class_name: str, n: int, validation: int, test: int) -> dict[s
     }
 
 
-class QuickdrawSubset(tfds.core.GeneratorBasedBuilder):
-    """Quick, Draw! bitmaps for a configured list of classes, with train/validation/test splits."""
+@functools.cache
+def quickdraw_classes() -> types.SimpleNamespace:
+    """``make_config`` (of tfds BuilderConfigs) and ``Builder`` (the tfds builder class
+    ``QuickdrawSubset``), defined on first use: tensorflow_datasets is imported here only."""
+    import tensorflow_datasets as tfds
 
-    VERSION = tfds.core.Version("1.0.0")
-    BUILDER_CONFIGS = [quickdraw_config(("apple", "bicycle", "cat", "diamond", "eye", "fish"), 0, 250, 500)]
-    MANUAL_DOWNLOAD_INSTRUCTIONS = "Put the official numpy_bitmap files <class>.npy in the manual dir."
+    @dataclasses.dataclass
+    class QuickdrawConfig(tfds.core.BuilderConfig):
+        classes: tuple[str, ...] = ()
+        per_class_cap: int = 0
+        validation_per_class: int = 250
+        test_per_class: int = 500
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(28, 28, 1), encoding_format="png"),
-                    "label": tfds.features.ClassLabel(names=list(self.builder_config.classes)),
-                }
-            ),
-            supervised_keys=("image", "label"),
-            homepage="https://github.com/googlecreativelab/quickdraw-dataset",
+    def make_config(classes, per_class_cap, validation_per_class, test_per_class) -> QuickdrawConfig:
+        return QuickdrawConfig(
+            name=config_name(classes, per_class_cap, validation_per_class, test_per_class),
+            classes=tuple(classes),
+            per_class_cap=per_class_cap,
+            validation_per_class=validation_per_class,
+            test_per_class=test_per_class,
         )
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        manual = Path(dl_manager.manual_dir)
-        return {split: self._generate_examples(manual, split) for split in ("train", "validation", "test")}
+    class QuickdrawSubset(tfds.core.GeneratorBasedBuilder):
+        """Quick, Draw! bitmaps for a configured list of classes, with train/validation/test splits."""
 
-    def _generate_examples(self, manual: Path, split: str):
-        cfg = self.builder_config
-        for label, name in enumerate(cfg.classes):
-            rows = class_rows(manual / f"{name}.npy", cfg.per_class_cap)
-            idx = split_indices(name, len(rows), cfg.validation_per_class, cfg.test_per_class)[split]
-            for i in idx:
-                image = Image.fromarray(rows[i].reshape(28, 28, 1)[..., 0], mode="L")
-                yield f"{name}_{i}", {"image": image, "label": label}
+        VERSION = tfds.core.Version("1.0.0")
+        BUILDER_CONFIGS = [make_config(DEFAULT_CLASSES, 0, 250, 500)]
+        MANUAL_DOWNLOAD_INSTRUCTIONS = "Put the official numpy_bitmap files <class>.npy in the manual dir."
+
+        def _info(self) -> tfds.core.DatasetInfo:
+            return self.dataset_info_from_configs(
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Image(shape=(28, 28, 1), encoding_format="png"),
+                        "label": tfds.features.ClassLabel(names=list(self.builder_config.classes)),
+                    }
+                ),
+                supervised_keys=("image", "label"),
+                homepage="https://github.com/googlecreativelab/quickdraw-dataset",
+            )
+
+        def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+            manual = Path(dl_manager.manual_dir)
+            return {
+                split: self._generate_examples(manual, split) for split in ("train", "validation", "test")
+            }
+
+        def _generate_examples(self, manual: Path, split: str):
+            cfg = self.builder_config
+            for label, name in enumerate(cfg.classes):
+                rows = class_rows(manual / f"{name}.npy", cfg.per_class_cap)
+                idx = split_indices(name, len(rows), cfg.validation_per_class, cfg.test_per_class)[split]
+                for i in idx:
+                    image = Image.fromarray(rows[i].reshape(28, 28, 1)[..., 0], mode="L")
+                    yield f"{name}_{i}", {"image": image, "label": label}
+
+    return types.SimpleNamespace(make_config=make_config, Builder=QuickdrawSubset)
