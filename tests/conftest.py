@@ -8,28 +8,50 @@ on determinism and independence. Subprocesses inherit the setting through the en
 ``test_training_mnist`` runs ``train.py`` with the default generator, so the configuration users get is
 exercised end to end.
 
-Prepared tfds data sets go to one folder per test session (``$SPINAL_TFDS_DIR``, inherited by the
-``train.py`` subprocesses), so MNIST is prepared once per session from ../shared/data and no test reads
-or writes ``~/tensorflow_datasets``.
+Every process of a test run (the pytest-xdist workers and the ``train.py`` / multi-process subprocesses
+they start) shares one temporary folder, created by the first process and removed when it exits, with:
+
+- ``tfds/`` (``$SPINAL_TFDS_DIR``): prepared data sets. MNIST is prepared once per run from
+  ../shared/data (the first worker to need it prepares it, under ``prepare_dataset``'s file lock; the
+  other waits), and no test reads or writes ``~/tensorflow_datasets``.
+- ``xla_cache/``: a persistent XLA compilation cache. Each distinct program, down to the single
+  operations of op-by-op execution, compiles once per run instead of once per process: a second process
+  running ResNet-50 op by op spent 6.7 s instead of 19.9 s on its gradient (docs/perf_notes.md, fourth
+  session).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 os.environ["JAX_DEFAULT_PRNG_IMPL"] = "rbg"
 
+if "SPINAL_TEST_RUN_DIR" not in os.environ:  # the first process of the run; the others inherit it
+    os.environ["SPINAL_TEST_RUN_DIR"] = tempfile.mkdtemp(prefix="spinal_jax_tests_")
+    atexit.register(shutil.rmtree, os.environ["SPINAL_TEST_RUN_DIR"], ignore_errors=True)
+RUN_DIR = Path(os.environ["SPINAL_TEST_RUN_DIR"])
+os.environ["SPINAL_TFDS_DIR"] = str(RUN_DIR / "tfds")
+XLA_CACHE_OPTIONS = {
+    "jax_compilation_cache_dir": str(RUN_DIR / "xla_cache"),
+    "jax_persistent_cache_min_compile_time_secs": 0.0,
+    "jax_persistent_cache_min_entry_size_bytes": 0,
+}
+os.environ.update({name.upper(): str(value) for name, value in XLA_CACHE_OPTIONS.items()})
+
 import jax  # noqa: E402  (after the environment variable, which jax reads on import)
 
 jax.config.update("jax_default_prng_impl", "rbg")
+for _name, _value in XLA_CACHE_OPTIONS.items():
+    jax.config.update(_name, _value)
 
 import pytest  # noqa: E402
 
 
-@pytest.fixture(scope="session", autouse=True)
-def tfds_dir(tmp_path_factory) -> Path:
-    """The session's prepared-data folder, exported as ``$SPINAL_TFDS_DIR``."""
-    path = tmp_path_factory.mktemp("tfds")
-    os.environ["SPINAL_TFDS_DIR"] = str(path)
-    return path
+@pytest.fixture(scope="session")
+def tfds_dir() -> Path:
+    """The test run's prepared-data folder (``$SPINAL_TFDS_DIR``)."""
+    return Path(os.environ["SPINAL_TFDS_DIR"])

@@ -1,7 +1,8 @@
 """Generic checks run on every registered model, with both heads.
 
 For each: a forward pass on a small batch (shape, finiteness), jit equals no-jit, bf16 compute close to
-fp32, a nonzero finite gradient for every parameter (no dead weights), and a train-mode pass.
+fp32, a nonzero finite gradient for every parameter (no dead weights), and a train-mode pass that
+updates every BatchNorm's running mean.
 
 Everything but the jitted forward runs op by op (no jit). On the 2-core CPU machine that is the cheaper
 way to run 22 architectures: XLA compiles a whole-model program in time proportional to its layer count
@@ -104,13 +105,18 @@ def test_forward_jit_bf16_and_gradients(name, head):
     rel = float(jnp.linalg.norm(low - logits) / jnp.linalg.norm(logits))
     assert rel < 0.05, f"{name}/{head}: bf16 logits differ from fp32 by {rel:.3f} (relative L2)"
 
-    # Train mode: BatchNorm statistics update, dropout draws from the 'dropout' stream, all finite.
+    # Train mode: every BatchNorm's running mean moves towards its batch mean, dropout draws from the
+    # 'dropout' stream, all finite.
     out, updates = model.apply(
         variables, x, train=True, rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"]
     )
     assert bool(jnp.all(jnp.isfinite(out)))
     if "batch_stats" in variables:
         assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
+        stats = jax.tree_util.tree_leaves_with_path(jax.device_get(updates["batch_stats"]))
+        keyed = [(jax.tree_util.keystr(path), value) for path, value in stats]
+        still = [key for key, value in keyed if key.endswith("['mean']") and not np.any(value != 0)]
+        assert not still, f"{name}/{head}: running means not updated in train mode: {still[:5]}"
 
 
 def test_unknown_model_name_lists_the_known_ones():

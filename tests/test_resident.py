@@ -3,8 +3,8 @@ steps.train_epoch / eval_resident) on real MNIST through spinal_jax.data, cut to
 
 A scanned epoch is the per-step path over the same batches; the scanned evaluation counts every example
 once and equals evaluate(); 2 devices equal 1; train_and_evaluate resumes exactly at epoch boundaries;
-nothing recompiles after the first epoch. The runs share one persistent compilation cache (a temporary
-directory), so each distinct epoch compiles once however many runs use it.
+nothing recompiles after the first epoch. The runs share the test run's persistent compilation cache
+(tests/conftest.py), so each distinct epoch compiles once however many runs use it.
 """
 
 from __future__ import annotations
@@ -33,48 +33,20 @@ from tests.training_helpers.tiny_model import TinyBNNet
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 32
 SPE = SIZES["train"] // BATCH  # 6 steps; the last 8 examples of each epoch's permutation are dropped
-CACHE_OPTIONS = {
-    "jax_compilation_cache_dir": None,
-    "jax_persistent_cache_min_compile_time_secs": 0.0,
-    "jax_persistent_cache_min_entry_size_bytes": 0,
-}
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    """A persistent compilation cache for this module (restored afterwards); subprocesses get it too."""
-    try:
-        from jax._src.compilation_cache import reset_cache
-    except ImportError:  # another jax: the options below still apply to later compilations
-        reset_cache = lambda: None  # noqa: E731
-
-    path = tmp_path_factory.mktemp("jax_cache")
-    old = {k: getattr(jax.config, k) for k in CACHE_OPTIONS}
-    for key, value in {**CACHE_OPTIONS, "jax_compilation_cache_dir": str(path)}.items():
-        jax.config.update(key, value)
-    reset_cache()
-    yield path
-    for key, value in old.items():
-        jax.config.update(key, value)
-    reset_cache()
-
-
-@pytest.fixture(scope="module")
-def pipe(cache_dir):
+def pipe():
     try:
         return SmallPipeline(small_config(1).data, SIZES)
     except DataPreparationError as err:
         pytest.skip(f"MNIST cannot be prepared here: {err}")
 
 
-def _subprocess_env(cache_dir: Path) -> dict[str, str]:
+def _subprocess_env() -> dict[str, str]:
+    """The test run's environment (its compilation cache included) with one device per process."""
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
-    env.update(
-        JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-    )
     return env
 
 
@@ -183,10 +155,10 @@ def test_nothing_recompiles_after_the_first_epoch(pipe, scanned):
     np.testing.assert_allclose(metrics["learning_rate"], 1e-4)
 
 
-def test_two_devices_equal_one(cache_dir):
+def test_two_devices_equal_one():
     proc = subprocess.run(
         [sys.executable, "-m", "tests.training_helpers.resident_devices", "2"],
-        cwd=REPO, env=_subprocess_env(cache_dir), capture_output=True, text=True, timeout=600,
+        cwd=REPO, env=_subprocess_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "OK resident equivalence on 2 devices" in proc.stdout
@@ -242,10 +214,10 @@ def test_checkpoint_every_epochs_holds_the_best_epoch_for_the_next_save(pipe, tm
     assert best == [summary["best_epoch"] * SPE], (best, summary)
 
 
-def test_bench_time_to_accuracy_without_tensorflow_tensorboardx_or_torch(pipe, cache_dir):
+def test_bench_time_to_accuracy_without_tensorflow_tensorboardx_or_torch(pipe):
     proc = subprocess.run(
         [sys.executable, "-m", "tests.training_helpers.bench_tta", "0.3"],
-        cwd=REPO, env=_subprocess_env(cache_dir), capture_output=True, text=True, timeout=600,
+        cwd=REPO, env=_subprocess_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     record = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("TTA "))[4:])

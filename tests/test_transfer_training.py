@@ -37,27 +37,6 @@ BATCH = 8
 HEAD_KWARGS = {"spinal_width": 16, "spinal_dropout": 0.0, "spinal_bn": True}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """A persistent compilation cache for this module: the runs share the compiled model init."""
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    names = (
-        "jax_compilation_cache_dir",
-        "jax_persistent_cache_min_compile_time_secs",
-        "jax_persistent_cache_min_entry_size_bytes",
-    )
-    before = {name: getattr(jax.config, name) for name in names}
-    jax.config.update(names[0], str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update(names[1], 0.5)
-    jax.config.update(names[2], 0)
-    cc.reset_cache()
-    yield
-    for name, value in before.items():
-        jax.config.update(name, value)
-    cc.reset_cache()
-
-
 # ---------------------------------------------------------------------------------------------------
 # Real inputs: torchvision weights converted with the CLI, CIFAR-10 JPEGs in an in-memory pipeline
 # ---------------------------------------------------------------------------------------------------

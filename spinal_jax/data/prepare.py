@@ -8,8 +8,11 @@ Reading a prepared data set never needs TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,12 +141,35 @@ def check_checksums(config: ml_collections.ConfigDict, builder: DatasetBuilder, 
             )
 
 
+@contextlib.contextmanager
+def _preparation_lock(config: ml_collections.ConfigDict) -> Iterator[None]:
+    """Held while one process prepares ``config.name``: processes sharing a disk (the processes of a
+    multi-process run, test workers) prepare it once; the others wait, then find it prepared."""
+    data_dir = resolve_data_dir(config)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / f".{config.name}.prepare.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def prepare_dataset(config: ml_collections.ConfigDict) -> DatasetBuilder:
-    """Return the builder of ``config.name``, prepared (from the manual dir) if it was not yet."""
-    spec = get_dataset_spec(config.name)
+    """Return the builder of ``config.name``, prepared (from the manual dir) if it was not yet.
+
+    Safe to call from several processes at once: one prepares, the others wait for it."""
     builder = make_builder(config)
     if is_prepared(builder):
         return builder
+    with _preparation_lock(config):
+        if is_prepared(builder):  # by another process while this one waited: read its dataset_info
+            return make_builder(config)
+        return _prepare(config, builder)
+
+
+def _prepare(config: ml_collections.ConfigDict, builder: DatasetBuilder) -> DatasetBuilder:
+    spec = get_dataset_spec(config.name)
     manual = resolve_manual_dir(config)
     if not config.prepare:
         raise DataPreparationError(
