@@ -447,15 +447,16 @@ print(json.dumps({"process": [jax.process_index(), jax.process_count()], "batch"
 """
 
 
-def test_two_real_processes_read_disjoint_shards(quickdraw_config):
-    """Two processes joined by jax.distributed (gloo), each with 2 CPU devices; the pipeline asks jax."""
+def test_two_real_processes_read_disjoint_shards(quickdraw_config, tmp_path):
+    """Two processes joined by jax.distributed (gloo), each with 2 CPU devices; the pipeline asks jax.
+    Both start on an empty data folder: one prepares the data set while the other waits on the lock."""
     import socket
 
-    create_input_pipeline(quickdraw_config, local_device_count=1, process_index=0, process_count=1)  # prepare
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = {k: quickdraw_config[k] for k in ("name", "data_dir", "manual_dir", "augment")}
+    cfg = {k: quickdraw_config[k] for k in ("name", "manual_dir", "augment")}
+    cfg["data_dir"] = str(tmp_path / "tfds")
     cfg.update(classes=list(QUICKDRAW), batch_size=100, eval_batch_size=1000)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     procs = [
@@ -480,3 +481,5 @@ def test_two_real_processes_read_disjoint_shards(quickdraw_config):
     assert sorted(results[0]["test"] + results[1]["test"]) == list(range(3000))
     assert results[0]["eval_steps"] == results[1]["eval_steps"] == 3
     assert results[0]["eval_real"] + results[1]["eval_real"] == 3000
+    prepared = [p.parent.name for p in (tmp_path / "tfds").rglob("dataset_info.json")]
+    assert len(prepared) == 1 and not list((tmp_path / "tfds").rglob("*incomplete*")), prepared

@@ -147,7 +147,7 @@ def _preparation_lock(config: ml_collections.ConfigDict) -> Iterator[None]:
     multi-process run, test workers) prepare it once; the others wait, then find it prepared."""
     data_dir = resolve_data_dir(config)
     data_dir.mkdir(parents=True, exist_ok=True)
-    with open(data_dir / f".{config.name}.prepare.lock", "w") as lock:
+    with open(data_dir / f".{config.name.replace('/', '_')}.prepare.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
