@@ -162,6 +162,12 @@ def prepare_dataset(config: ml_collections.ConfigDict) -> DatasetBuilder:
     builder = make_builder(config)
     if is_prepared(builder):
         return builder
+    if not config.prepare:  # before the lock: a read-only data folder gets this message, not EACCES
+        raise DataPreparationError(
+            f"Data set {config.name!r} is not prepared in {resolve_data_dir(config)} and data.prepare=False. "
+            f"Set data.prepare=True (original files expected in {resolve_manual_dir(config)}) or point "
+            f"data.data_dir at a prepared copy."
+        )
     with _preparation_lock(config):
         if is_prepared(builder):  # by another process while this one waited: read its dataset_info
             return make_builder(config)
@@ -171,12 +177,6 @@ def prepare_dataset(config: ml_collections.ConfigDict) -> DatasetBuilder:
 def _prepare(config: ml_collections.ConfigDict, builder: DatasetBuilder) -> DatasetBuilder:
     spec = get_dataset_spec(config.name)
     manual = resolve_manual_dir(config)
-    if not config.prepare:
-        raise DataPreparationError(
-            f"Data set {config.name!r} is not prepared in {resolve_data_dir(config)} and data.prepare=False. "
-            f"Set data.prepare=True (original files expected in {manual}) or point data.data_dir at a "
-            f"prepared copy."
-        )
     check_manual_files(config, spec, manual)
     import tensorflow_datasets as tfds
 
