@@ -30,8 +30,10 @@ def _run(workdir: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
 
 
-def _interrupt(workdir: Path, sig: int, at_step: int) -> subprocess.Popen:
-    """Start a slowed-down run and send ``sig`` once it asks for the batch of step ``at_step``."""
+def _interrupt(workdir: Path, sig: int, at_step: int, saved_step: int | None = None) -> subprocess.Popen:
+    """Start a slowed-down run and send ``sig`` once it asks for the batch of step ``at_step`` and, if
+    given, the asynchronous save of ``saved_step`` is finalized (Orbax renames its temporary folder to
+    ``checkpoints/<step>`` last; a SIGKILL before that rightly loses the checkpoint)."""
     cmd = [sys.executable, "-m", "tests.training_helpers.run_loop", str(workdir), *ARGS, "sleep=0.05"]
     out = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), **out)
@@ -39,6 +41,10 @@ def _interrupt(workdir: Path, sig: int, at_step: int) -> subprocess.Popen:
     for line in proc.stdout:
         lines.append(line)
         if f"STEP {at_step}\n" in line or line.endswith(f"STEP {at_step}\n"):
+            deadline = time.monotonic() + 120
+            while saved_step is not None and not (workdir / "checkpoints" / str(saved_step)).exists():
+                assert proc.poll() is None and time.monotonic() < deadline, f"step {saved_step} never saved"
+                time.sleep(0.01)
             proc.send_signal(sig)
             break
     rest, _ = proc.communicate(timeout=300)
@@ -67,10 +73,10 @@ def uninterrupted(tmp_path_factory) -> tuple[Path, dict]:
 
 
 def test_sigkill_then_sigterm_mid_epoch_then_resume_matches_uninterrupted(uninterrupted, tmp_path):
-    """Killed at step 9 (last periodic checkpoint: step 7), resumed, stopped by SIGTERM at step 26
+    """Killed at step 9 or soon after (once the periodic checkpoint of step 7 is on disk), resumed, stopped by SIGTERM at step 26
     (mid-epoch 2, between periodic saves), resumed again: the same final parameters and metrics."""
     full_dir, full_summary = uninterrupted
-    killed = _interrupt(tmp_path, signal.SIGKILL, at_step=9)
+    killed = _interrupt(tmp_path, signal.SIGKILL, at_step=9, saved_step=7)
     assert killed.returncode == -signal.SIGKILL
 
     stopped = _interrupt(tmp_path, signal.SIGTERM, at_step=26)
