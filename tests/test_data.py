@@ -20,6 +20,8 @@ from PIL import Image
 
 from spinal_jax.data import DataPreparationError, create_input_pipeline, default_data_config, prepare_dataset
 from spinal_jax.data.config import shared_dir, validate_data_config
+from spinal_jax.data.prepare import dataset_dir, make_builder
+from spinal_jax.data.records import find_version, parse_example, read_prepared
 from tests.training_helpers.tf_free_site import tf_free_site
 
 DATA = shared_dir() / "data"
@@ -120,7 +122,7 @@ def test_train_batches_are_the_sharded_records(mnist_config):
     pipe = create_input_pipeline(mnist_config, local_device_count=2, process_index=1, process_count=2)
     records = pipe.train_records()
     batch = next(pipe.train_iterator())
-    source = pipe.builder.as_data_source(split="train")
+    source = make_builder(mnist_config).as_data_source(split="train")  # tfds's own reader and decoder
     expected = np.stack([source[records.record_index(i)]["image"] for i in range(200)])
     labels = np.array([source[records.record_index(i)]["label"] for i in range(200)])
     np.testing.assert_array_equal(batch["label"].reshape(-1), labels)
@@ -194,7 +196,7 @@ def test_epochs_roll_over_with_new_order(mnist_config):
     last, first = next(it), next(it)
     assert it.get_state()["epoch"] == 1 and it.get_state()["position"] == 1
     records = pipe.train_records()
-    source = pipe.builder.as_data_source(split="train")
+    source = make_builder(mnist_config).as_data_source(split="train")
     for batch, step in ((last, steps - 1), (first, steps)):
         want = [source[records.record_index(step * 400 + i)]["label"] for i in range(400)]
         np.testing.assert_array_equal(batch["label"].reshape(-1), want)
@@ -370,6 +372,100 @@ def test_wrong_checksum_error(tmp_path):
     assert "t10k-labels-idx1-ubyte.gz" in str(err.value) and str(manual) in str(err.value)
 
 
+# -- reading prepared data without tfds --------------------------------------------------------------------
+def _example_message_class():
+    """``tf.train.Example`` built from descriptors with the protobuf library (wire-identical: the map is a
+    repeated key/value entry, the oneof three optional fields): an encoder independent of ours."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    fd = descriptor_pb2.FileDescriptorProto(name="spinal_test_example.proto", package="t", syntax="proto3")
+    F = descriptor_pb2.FieldDescriptorProto  # noqa: N806
+
+    def message(name, *fields):
+        m = fd.message_type.add(name=name)
+        for number, (field, label, kind, type_name) in enumerate(fields, 1):
+            f = m.field.add(name=field, number=number, label=label, type=kind)
+            if type_name:
+                f.type_name = type_name
+
+    rep, opt = F.LABEL_REPEATED, F.LABEL_OPTIONAL
+    message("BytesList", ("value", rep, F.TYPE_BYTES, ""))
+    message("FloatList", ("value", rep, F.TYPE_FLOAT, ""))
+    message("Int64List", ("value", rep, F.TYPE_INT64, ""))
+    message(
+        "Feature",
+        ("bytes_list", opt, F.TYPE_MESSAGE, ".t.BytesList"),
+        ("float_list", opt, F.TYPE_MESSAGE, ".t.FloatList"),
+        ("int64_list", opt, F.TYPE_MESSAGE, ".t.Int64List"),
+    )
+    message("Entry", ("key", opt, F.TYPE_STRING, ""), ("value", opt, F.TYPE_MESSAGE, ".t.Feature"))
+    message("Features", ("feature", rep, F.TYPE_MESSAGE, ".t.Entry"))
+    message("Example", ("features", opt, F.TYPE_MESSAGE, ".t.Features"))
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fd)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("t.Example"))
+
+
+def test_parse_example_equals_protobuf_encoding():
+    example_class, rng = _example_message_class(), np.random.default_rng(0)
+    for _ in range(50):
+        want = {
+            "image": [rng.bytes(int(n)) for n in rng.integers(0, 300, rng.integers(0, 3))],
+            "label": rng.integers(-(2**63), 2**63 - 1, rng.integers(0, 4), dtype=np.int64).tolist(),
+            "weights": rng.standard_normal(rng.integers(0, 4)).astype(np.float32),
+        }
+        msg = example_class()
+        for key, values in want.items():
+            entry = msg.features.feature.add(key=key)
+            kind = {"image": "bytes_list", "label": "int64_list", "weights": "float_list"}[key]
+            getattr(entry.value, kind).value.extend(list(values))
+        got = parse_example(msg.SerializeToString())
+        assert got.keys() == want.keys()
+        assert got["image"] == want["image"] and got["label"] == want["label"]
+        np.testing.assert_array_equal(got["weights"], want["weights"])
+
+
+def test_records_read_without_tfds_equal_tfds_reads(mnist_config):
+    """Our ArrayRecord reader gives the bytes and labels tfds's own data source gives, record by record."""
+    import tensorflow_datasets as tfds
+
+    prepared = read_prepared(find_version(dataset_dir(mnist_config)))
+    assert prepared.splits == ("train", "test") and prepared.class_names == tuple("0123456789")
+    assert prepared.image_shape == (28, 28, 1) and prepared.num_examples("train") == 60000
+    builder = make_builder(mnist_config)
+    assert Path(builder.data_dir) == prepared.path
+    for split in ("train", "test"):
+        ours = prepared.open_split(split)
+        theirs = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+        assert len(ours) == len(theirs) == builder.info.splits[split].num_examples
+        indices = np.random.default_rng(1).choice(len(ours), 300, replace=False).tolist()
+        for mine, tfds_record in zip(ours.__getitems__(indices), theirs.__getitems__(indices), strict=True):
+            assert mine["image"] == tfds_record["image"] and mine["label"] == tfds_record["label"]
+
+
+def test_dataset_dir_is_the_tfds_builder_folder(mnist_config, quickdraw_config, cifar_jpeg_config):
+    """Where we look for a prepared set (no tfds import) is where its tfds builder prepares it."""
+    configs = [mnist_config, quickdraw_config, _config(quickdraw_config, per_class_cap=1000)]
+    configs += [cifar_jpeg_config, *(_config(mnist_config, name=n) for n in ("qmnist", "emnist/letters"))]
+    for c in configs:
+        assert Path(make_builder(c).data_dir).parent == dataset_dir(c), c.name
+
+
+def test_corrupt_prepared_folder_errors(mnist_config, tmp_path):
+    source = find_version(dataset_dir(mnist_config))
+    copy = tmp_path / "mnist" / source.name
+    shutil.copytree(source, copy)
+    (copy / "mnist-test.array_record-00000-of-00001").unlink()
+    with pytest.raises(FileNotFoundError, match="copied incompletely") as err:
+        read_prepared(copy).open_split("test")
+    assert "mnist-test.array_record-00000-of-00001" in str(err.value)
+    (copy / "features.json").write_text("{")
+    with pytest.raises(ValueError, match="not a usable prepared data set") as err:
+        bad = _config(mnist_config, data_dir=str(tmp_path))
+        create_input_pipeline(bad, local_device_count=1, process_index=0, process_count=1)
+    assert str(copy) in str(err.value) and "data.prepare=True" in str(err.value)
+
+
 # -- TensorFlow-free train time ------------------------------------------------------------------------------
 _NO_TF_SCRIPT = """
 import importlib.util, json, sys
@@ -382,13 +478,15 @@ cfg = json.loads(sys.argv[1])
 pipe = create_input_pipeline(cfg)  # device and process counts from jax: 4 forced CPU devices, 1 process
 batch = next(pipe.train_iterator())
 n = sum(int(b["mask"].sum()) for b in pipe.eval_batches("test"))
+tfds_on_read = "tensorflow_datasets" in sys.modules  # reading a prepared set needs no tfds either
 try:  # preparing a stock builder is the one thing that needs TensorFlow: a clear error says so
     create_input_pipeline({**cfg, "data_dir": sys.argv[2]})
     raise AssertionError("preparing mnist without TensorFlow did not raise")
 except spinal_jax.data.DataPreparationError as err:
     assert "needs TensorFlow" in str(err) and "spinal_jax[prepare]" in str(err), err
 bad = [m for m in sys.modules if m == "tensorflow" or m.startswith("tensorflow.") or m == "torch"]
-out = {"shape": list(batch["image"].shape), "test": n, "tf_modules": bad, "tfds_on_import": tfds_on_import}
+tfds = [tfds_on_import, tfds_on_read]
+out = {"shape": list(batch["image"].shape), "test": n, "tf_modules": bad, "tfds": tfds}
 print(json.dumps(out))
 """
 
@@ -413,7 +511,7 @@ def test_train_time_modules_need_no_tensorflow(mnist_config, tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result == {"shape": [4, 25, 28, 28, 1], "test": 10000, "tf_modules": [], "tfds_on_import": False}
+    assert result == {"shape": [4, 25, 28, 28, 1], "test": 10000, "tf_modules": [], "tfds": [False, False]}
 
 
 def test_worker_processes_give_the_same_batches(quickdraw_config):

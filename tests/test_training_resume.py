@@ -73,8 +73,9 @@ def uninterrupted(tmp_path_factory) -> tuple[Path, dict]:
 
 
 def test_sigkill_then_sigterm_mid_epoch_then_resume_matches_uninterrupted(uninterrupted, tmp_path):
-    """Killed at step 9 or soon after (once the periodic checkpoint of step 7 is on disk), resumed, stopped by SIGTERM at step 26
-    (mid-epoch 2, between periodic saves), resumed again: the same final parameters and metrics."""
+    """Killed at step 9 or soon after (once the periodic checkpoint of step 7 is on disk), resumed,
+    stopped by SIGTERM at step 26 (mid-epoch 2, between periodic saves), resumed again: the same final
+    parameters and metrics."""
     full_dir, full_summary = uninterrupted
     killed = _interrupt(tmp_path, signal.SIGKILL, at_step=9, saved_step=7)
     assert killed.returncode == -signal.SIGKILL

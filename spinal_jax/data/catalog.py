@@ -45,7 +45,8 @@ class DatasetSpec:
       name: the config name (``emnist/letters``...).
       kind: 'stock' (a tfds catalog builder), 'qmnist', 'quickdraw' or 'image_folder' (builders of our
         own).
-      tfds_name: name passed to ``tfds.builder`` (stock only).
+      tfds_name: the tfds builder name (passed to ``tfds.builder`` for stock sets); prepared versions live
+        in ``<data_dir>/<tfds_name>[/<builder config>]/<version>``.
       splits: how our 'train' / 'validation' / 'test' map onto the prepared tfds splits; a missing
         validation entry means it is carved from train by ``validation_fraction``.
       manual_files: the original files a manual dir must hold (names as tfds registers them).
@@ -187,7 +188,7 @@ _SPECS = [
     DatasetSpec(
         "image_folder",
         "image_folder",
-        "image_folder",
+        "spinal_image_folder",
         _TRAIN_TEST,
         (),
         NO_NORM_RGB,

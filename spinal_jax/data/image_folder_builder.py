@@ -27,12 +27,14 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
 
+def config_name(root: Path) -> str:
+    """The folder's name (not its path), so a prepared copy reads anywhere."""
+    return "".join(ch if ch.isalnum() else "_" for ch in Path(root).resolve().name) or "root"
+
+
 def image_folder_config(root: Path) -> Any:
-    """A config (``tfds.core.BuilderConfig``) named after the folder's name (not its path), so a prepared
-    copy reads anywhere."""
-    root = Path(root).resolve()
-    safe = "".join(ch if ch.isalnum() else "_" for ch in root.name) or "root"
-    return image_folder_classes().Config(name=safe, root=str(root))
+    """The builder config (a ``tfds.core.BuilderConfig``) of the folder ``root``."""
+    return image_folder_classes().Config(name=config_name(root), root=str(Path(root).resolve()))
 
 
 def _parse(relpath: str) -> tuple[str, str] | None:

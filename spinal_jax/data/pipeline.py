@@ -31,7 +31,8 @@ from PIL import Image
 from spinal_jax.data import augment_host
 from spinal_jax.data.catalog import get_dataset_spec
 from spinal_jax.data.config import validate_data_config
-from spinal_jax.data.prepare import open_split, prepare_dataset
+from spinal_jax.data.prepare import prepare_dataset
+from spinal_jax.data.records import SplitSource
 
 SPLITS = ("train", "validation", "test")
 _MAX_EPOCHS = 1_000_000
@@ -149,12 +150,11 @@ class InputPipeline:
         self.per_device_batch_size = c.batch_size // devices
         self.per_device_eval_batch_size = c.eval_batch_size // devices
 
-        self.builder = prepare_dataset(c)
-        info = self.builder.info
-        self.class_names: list[str] = list(info.features["label"].names)
+        self.dataset = prepare_dataset(c)
+        self.class_names: list[str] = list(self.dataset.class_names)
         self.num_classes = len(self.class_names)
-        self._sources: dict[str, Any] = {}
-        self._indices = self._split_indices(info)
+        self._sources: dict[str, SplitSource] = {}
+        self._indices = self._split_indices()
         self.num_examples = {s: len(ix) for s, (_, ix) in self._indices.items()}
         self.steps_per_epoch = self.num_examples["train"] // self.global_batch_size
         if self.steps_per_epoch == 0:
@@ -164,7 +164,7 @@ class InputPipeline:
             )
 
         self.policy = (c.augment_policy or spec.policy) if c.augment == "reference" else "none"
-        native = self._native_shape(info)
+        native = self._native_shape()
         size = c.image_size or spec.default_image_size
         self.image_shape = (size, size, native[2]) if size else native
         mean, std = (c.mean, c.std) if c.mean else spec.stats
@@ -197,8 +197,8 @@ class InputPipeline:
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
     # -- splits -----------------------------------------------------------------------------------------
-    def _split_indices(self, info) -> dict[str, tuple[str, np.ndarray]]:
-        prepared = set(info.splits.keys())
+    def _split_indices(self) -> dict[str, tuple[str, np.ndarray]]:
+        prepared = set(self.dataset.splits)
         names = {k: v for k, v in self.spec.splits.items() if v in prepared}
         if "validation" not in names and "validation" in prepared:
             names["validation"] = "validation"
@@ -207,18 +207,18 @@ class InputPipeline:
                 raise ValueError(
                     f"Data set {self.config.name!r} has no {s!r} split (prepared: {sorted(prepared)})."
                 )
-        n_train = info.splits[names["train"]].num_examples
-        out = {s: (names[s], np.arange(info.splits[names[s]].num_examples)) for s in names}
+        n_train = self.dataset.num_examples(names["train"])
+        out = {s: (names[s], np.arange(self.dataset.num_examples(names[s]))) for s in names}
         if "validation" not in names:
             n_val = round(self.config.validation_fraction * n_train)
             out["validation"] = (names["train"], np.arange(n_val))
             out["train"] = (names["train"], np.arange(n_val, n_train))
         return {s: out[s] for s in SPLITS}
 
-    def _source(self, tfds_split: str):
+    def _source(self, tfds_split: str) -> SplitSource:
         if tfds_split not in self._sources:
             # Images stay encoded here and are decoded with PIL in the (parallel) transforms.
-            self._sources[tfds_split] = open_split(self.builder, tfds_split)
+            self._sources[tfds_split] = self.dataset.open_split(tfds_split)
         return self._sources[tfds_split]
 
     def _decode(self, encoded: bytes) -> np.ndarray:
@@ -228,8 +228,8 @@ class InputPipeline:
             out = np.asarray(img if img.mode == mode else img.convert(mode), dtype=np.uint8)
         return out[..., None] if out.ndim == 2 else out
 
-    def _native_shape(self, info) -> tuple[int, int, int]:
-        shape = info.features["image"].shape
+    def _native_shape(self) -> tuple[int, int, int]:
+        shape = self.dataset.image_shape
         self._channels = shape[-1]
         if all(d is not None for d in shape):
             return tuple(shape)

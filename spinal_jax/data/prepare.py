@@ -1,9 +1,8 @@
 """Find or prepare a data set in tfds ArrayRecord format, with one clear error when files are missing.
 
-Stock tfds builders (mnist, cifar10, ...) need TensorFlow to prepare; it is imported here, lazily, and
-only when a data set is not yet prepared. Our own builders (QMNIST, Quick Draw, image folders) prepare without
-it.
-Reading a prepared data set never needs TensorFlow.
+Finding a prepared data set imports neither tfds nor TensorFlow (``spinal_jax.data.records`` reads it).
+Preparing one imports tfds, lazily, and only then; stock tfds builders (mnist, cifar10, ...) also need
+TensorFlow to prepare, our own builders (QMNIST, Quick Draw, image folders) do not.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import ml_collections
 
 from spinal_jax.data.catalog import DatasetSpec, get_dataset_spec
 from spinal_jax.data.config import resolve_data_dir, resolve_manual_dir
+from spinal_jax.data.records import PreparedDataset, find_version, read_prepared
 
 DatasetBuilder = Any  # a tensorflow_datasets.core.DatasetBuilder (tfds is imported inside the functions)
 
@@ -28,9 +28,27 @@ class DataPreparationError(ValueError):
     """A data set cannot be found or prepared; the message names the files and where to put them."""
 
 
+def dataset_dir(config: ml_collections.ConfigDict) -> Path:
+    """``<data_dir>/<builder>[/<builder config>]``, the folder of the prepared versions of ``config.name``
+    (the tfds builder's ``data_dir`` without its version; found without importing tfds)."""
+    spec = get_dataset_spec(config.name)
+    root = resolve_data_dir(config) / spec.tfds_name
+    if spec.kind == "quickdraw":
+        from spinal_jax.data.quickdraw_builder import config_name
+
+        return root / config_name(
+            tuple(config.classes), config.per_class_cap, config.validation_per_class, config.test_per_class
+        )
+    if spec.kind == "image_folder":
+        from spinal_jax.data.image_folder_builder import config_name
+
+        return root / config_name(resolve_manual_dir(config))
+    return root
+
+
 def make_builder(config: ml_collections.ConfigDict) -> DatasetBuilder:
-    """The tfds builder of ``config.name`` over ``data_dir`` (prepared or not)."""
-    import tensorflow_datasets as tfds  # imported where a data set is opened, not by `import spinal_jax.data`
+    """The tfds builder of ``config.name`` over ``data_dir`` (prepared or not): for preparing it."""
+    import tensorflow_datasets as tfds  # to prepare only: reading goes through spinal_jax.data.records
 
     spec = get_dataset_spec(config.name)
     data_dir = str(resolve_data_dir(config))
@@ -56,17 +74,6 @@ def make_builder(config: ml_collections.ConfigDict) -> DatasetBuilder:
         cfg = image_folder_config(resolve_manual_dir(config))
         return image_folder_classes().Builder(config=cfg, data_dir=data_dir, file_format="array_record")
     return tfds.builder(spec.tfds_name, data_dir=data_dir, file_format="array_record")
-
-
-def open_split(builder: DatasetBuilder, split: str) -> Any:
-    """A random-access source of a prepared split's records, images left encoded (PNG / JPEG bytes)."""
-    import tensorflow_datasets as tfds
-
-    return builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
-
-
-def is_prepared(builder: DatasetBuilder) -> bool:
-    return (Path(builder.data_dir) / "dataset_info.json").exists()
 
 
 def expected_files(config: ml_collections.ConfigDict, spec: DatasetSpec) -> tuple[str, ...]:
@@ -155,13 +162,13 @@ def _preparation_lock(config: ml_collections.ConfigDict) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def prepare_dataset(config: ml_collections.ConfigDict) -> DatasetBuilder:
-    """Return the builder of ``config.name``, prepared (from the manual dir) if it was not yet.
+def prepare_dataset(config: ml_collections.ConfigDict) -> PreparedDataset:
+    """The prepared data set ``config.name`` (its newest prepared version), prepared from the manual dir
+    first if there is none.
 
     Safe to call from several processes at once: one prepares, the others wait for it."""
-    builder = make_builder(config)
-    if is_prepared(builder):
-        return builder
+    if version := find_version(dataset_dir(config)):
+        return read_prepared(version)
     if not config.prepare:  # before the lock: a read-only data folder gets this message, not EACCES
         raise DataPreparationError(
             f"Data set {config.name!r} is not prepared in {resolve_data_dir(config)} and data.prepare=False. "
@@ -169,17 +176,19 @@ def prepare_dataset(config: ml_collections.ConfigDict) -> DatasetBuilder:
             f"data.data_dir at a prepared copy."
         )
     with _preparation_lock(config):
-        if is_prepared(builder):  # by another process while this one waited: read its dataset_info
-            return make_builder(config)
-        return _prepare(config, builder)
+        if version := find_version(dataset_dir(config)):  # prepared by another process while this one waited
+            return read_prepared(version)
+        return read_prepared(_prepare(config))
 
 
-def _prepare(config: ml_collections.ConfigDict, builder: DatasetBuilder) -> DatasetBuilder:
+def _prepare(config: ml_collections.ConfigDict) -> Path:
+    """Prepare ``config.name`` with its tfds builder; returns the version folder written."""
     spec = get_dataset_spec(config.name)
     manual = resolve_manual_dir(config)
     check_manual_files(config, spec, manual)
     import tensorflow_datasets as tfds
 
+    builder = make_builder(config)
     if spec.kind == "stock" and importlib.util.find_spec("tensorflow") is None:
         raise DataPreparationError(
             f"Preparing the stock tfds data set {config.name!r} needs TensorFlow: pip install "
@@ -197,4 +206,4 @@ def _prepare(config: ml_collections.ConfigDict, builder: DatasetBuilder) -> Data
             f"Replace it with the original release file ({', '.join(expected_files(config, spec))}; "
             f"source: {spec.source})."
         ) from err
-    return builder
+    return Path(builder.data_dir)
