@@ -22,8 +22,8 @@ class SmallPipeline(InputPipeline):
         layout.setdefault("process_count", jax.process_count())
         super().__init__(config, **layout)
 
-    def _split_indices(self, info):
-        out = super()._split_indices(info)
+    def _split_indices(self):
+        out = super()._split_indices()
         return {s: (name, ix[: self._sizes.get(s, len(ix))]) for s, (name, ix) in out.items()}
 
 
