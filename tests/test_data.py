@@ -466,6 +466,27 @@ def test_corrupt_prepared_folder_errors(mnist_config, tmp_path):
     assert str(copy) in str(err.value) and "data.prepare=True" in str(err.value)
 
 
+def test_damaged_records_error(tmp_path):
+    """A record that is not a tf.train.Example, or one without a label: one message naming the file."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    from spinal_jax.data.records import SplitSource
+
+    path = tmp_path / "damaged.array_record-00000-of-00001"
+    writer = ArrayRecordWriter(str(path), "group_size:1")
+    no_label = _example_message_class()()
+    no_label.features.feature.add(key="image").value.bytes_list.value.append(b"png")
+    for record in (b"\x0a\xff", no_label.SerializeToString()):
+        writer.write(record)
+    writer.close()
+    source = SplitSource([path])
+    assert len(source) == 2
+    for i in range(2):
+        with pytest.raises(ValueError, match="not an image classification example") as err:
+            source[i]
+        assert str(path) in str(err.value) and "data.prepare=True" in str(err.value)
+
+
 # -- TensorFlow-free train time ------------------------------------------------------------------------------
 _NO_TF_SCRIPT = """
 import importlib.util, json, sys

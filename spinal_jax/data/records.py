@@ -102,15 +102,22 @@ class SplitSource:
     """Random access to one split's records as ``{"image": encoded PNG / JPEG bytes, "label": int}``."""
 
     def __init__(self, files: Sequence[Path]):
-        self._source = ArrayRecordDataSource([str(f) for f in files])
+        self._files = [str(f) for f in files]
+        self._source = ArrayRecordDataSource(self._files)
 
     def __len__(self) -> int:
         return len(self._source)
 
-    @staticmethod
-    def _example(record: bytes) -> dict[str, Any]:
-        ex = parse_example(record)
-        return {"image": ex["image"][0], "label": ex["label"][0]}
+    def _example(self, record: bytes) -> dict[str, Any]:
+        try:
+            ex = parse_example(record)
+            return {"image": ex["image"][0], "label": ex["label"][0]}
+        except (ValueError, KeyError, IndexError) as err:
+            raise ValueError(
+                f"A record of {', '.join(self._files)} is not an image classification example "
+                f"({type(err).__name__}: {err}): the file is damaged or not a prepared image set. Delete "
+                f"its version folder and run with data.prepare=True to prepare it again."
+            ) from err
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self._example(self._source[index])
