@@ -487,6 +487,24 @@ def test_damaged_records_error(tmp_path):
         assert str(path) in str(err.value) and "data.prepare=True" in str(err.value)
 
 
+def test_tfds_is_imported_in_one_preparation_function_only():
+    """Static check over the package: the one import of tensorflow / tensorflow_datasets is the lazy one
+    in ``prepare._import_tfds_to_prepare`` (the builder modules get the module passed in)."""
+    import ast
+
+    found = []
+    for path in sorted((Path(__file__).resolve().parents[1] / "spinal_jax").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        functions = [f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)]
+        scopes = {id(n): f.name for f in functions for n in ast.walk(f)}  # innermost function last
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            if any(n.split(".")[0] in ("tensorflow", "tensorflow_datasets") for n in names):
+                found.append((path.name, scopes.get(id(node))))
+    assert found == [("prepare.py", "_import_tfds_to_prepare")]
+
+
 # -- TensorFlow-free train time ------------------------------------------------------------------------------
 _NO_TF_SCRIPT = """
 import importlib.util, json, sys

@@ -14,7 +14,6 @@ import tarfile
 import types
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 SPLIT_ALIASES = {
     "train": "train",
@@ -30,11 +29,6 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 def config_name(root: Path) -> str:
     """The folder's name (not its path), so a prepared copy reads anywhere."""
     return "".join(ch if ch.isalnum() else "_" for ch in Path(root).resolve().name) or "root"
-
-
-def image_folder_config(root: Path) -> Any:
-    """The builder config (a ``tfds.core.BuilderConfig``) of the folder ``root``."""
-    return image_folder_classes().Config(name=config_name(root), root=str(Path(root).resolve()))
 
 
 def _parse(relpath: str) -> tuple[str, str] | None:
@@ -82,10 +76,9 @@ def iter_images(root: Path, split: str) -> Iterator[tuple[str, str, bytes]]:
 
 
 @functools.cache
-def image_folder_classes() -> types.SimpleNamespace:
-    """``Config`` and ``Builder`` (the tfds builder class ``SpinalImageFolder``), defined on first use:
-    tensorflow_datasets is imported here only."""
-    import tensorflow_datasets as tfds
+def image_folder_classes(tfds: types.ModuleType) -> types.SimpleNamespace:
+    """``Config`` and ``Builder`` (the tfds builder class ``SpinalImageFolder``), defined on first use with
+    the ``tfds`` module that ``spinal_jax.data.prepare`` imports to prepare (this module imports no tfds)."""
 
     @dataclasses.dataclass
     class ImageFolderConfig(tfds.core.BuilderConfig):

@@ -21,7 +21,7 @@ from spinal_jax.data.catalog import DatasetSpec, get_dataset_spec
 from spinal_jax.data.config import resolve_data_dir, resolve_manual_dir
 from spinal_jax.data.records import PreparedDataset, find_version, read_prepared
 
-DatasetBuilder = Any  # a tensorflow_datasets.core.DatasetBuilder (tfds is imported inside the functions)
+DatasetBuilder = Any  # a tfds DatasetBuilder (tfds is imported by _import_tfds_to_prepare only)
 
 
 class DataPreparationError(ValueError):
@@ -46,18 +46,25 @@ def dataset_dir(config: ml_collections.ConfigDict) -> Path:
     return root
 
 
-def make_builder(config: ml_collections.ConfigDict) -> DatasetBuilder:
-    """The tfds builder of ``config.name`` over ``data_dir`` (prepared or not): for preparing it."""
-    import tensorflow_datasets as tfds  # to prepare only: reading goes through spinal_jax.data.records
+def _import_tfds_to_prepare() -> Any:
+    """The ``tensorflow_datasets`` module, imported here only, lazily, to prepare a data set (reading a
+    prepared one goes through ``spinal_jax.data.records`` and never imports it)."""
+    import tensorflow_datasets
 
+    return tensorflow_datasets
+
+
+def make_builder(config: ml_collections.ConfigDict) -> DatasetBuilder:
+    """The tfds builder of ``config.name`` over ``data_dir`` (prepared or not), to prepare it."""
+    tfds = _import_tfds_to_prepare()
     spec = get_dataset_spec(config.name)
     data_dir = str(resolve_data_dir(config))
     if spec.kind == "quickdraw":
-        from spinal_jax.data.quickdraw_builder import quickdraw_classes, quickdraw_config
+        from spinal_jax.data.quickdraw_builder import quickdraw_classes
 
-        QuickdrawSubset = quickdraw_classes().Builder  # noqa: N806
-
-        cfg = quickdraw_config(
+        quickdraw = quickdraw_classes(tfds)
+        QuickdrawSubset = quickdraw.Builder  # noqa: N806
+        cfg = quickdraw.make_config(
             tuple(config.classes), config.per_class_cap, config.validation_per_class, config.test_per_class
         )
         # tfds refuses a custom config equal to a predefined one: pass the predefined one by name.
@@ -67,12 +74,14 @@ def make_builder(config: ml_collections.ConfigDict) -> DatasetBuilder:
     if spec.kind == "qmnist":
         from spinal_jax.data.qmnist_builder import qmnist_builder
 
-        return qmnist_builder()(data_dir=data_dir, file_format="array_record")
+        return qmnist_builder(tfds)(data_dir=data_dir, file_format="array_record")
     if spec.kind == "image_folder":
-        from spinal_jax.data.image_folder_builder import image_folder_classes, image_folder_config
+        from spinal_jax.data.image_folder_builder import config_name, image_folder_classes
 
-        cfg = image_folder_config(resolve_manual_dir(config))
-        return image_folder_classes().Builder(config=cfg, data_dir=data_dir, file_format="array_record")
+        root = resolve_manual_dir(config).resolve()
+        image_folder = image_folder_classes(tfds)
+        cfg = image_folder.Config(name=config_name(root), root=str(root))
+        return image_folder.Builder(config=cfg, data_dir=data_dir, file_format="array_record")
     return tfds.builder(spec.tfds_name, data_dir=data_dir, file_format="array_record")
 
 
@@ -186,8 +195,7 @@ def _prepare(config: ml_collections.ConfigDict) -> Path:
     spec = get_dataset_spec(config.name)
     manual = resolve_manual_dir(config)
     check_manual_files(config, spec, manual)
-    import tensorflow_datasets as tfds
-
+    tfds = _import_tfds_to_prepare()
     builder = make_builder(config)
     if spec.kind == "stock" and importlib.util.find_spec("tensorflow") is None:
         raise DataPreparationError(

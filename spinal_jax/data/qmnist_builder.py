@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import gzip
 import io
+import types
 from pathlib import Path
 
 import numpy as np
@@ -122,9 +123,9 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 @functools.cache
-def qmnist_builder() -> type:
-    """The tfds builder class ``Qmnist``, defined on first use (tensorflow_datasets is imported here only)."""
-    import tensorflow_datasets as tfds
+def qmnist_builder(tfds: types.ModuleType) -> type:
+    """The tfds builder class ``Qmnist``, defined on first use with the ``tfds`` module that
+    ``spinal_jax.data.prepare`` imports to prepare (this module imports no tfds)."""
 
     class Qmnist(tfds.core.GeneratorBasedBuilder):
         """QMNIST digits: 'train' (60,000) and 'test' (60,000: test10k, the MNIST test set, then test50k)."""

@@ -15,7 +15,6 @@ import hashlib
 import types
 import zlib
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -30,13 +29,6 @@ def config_name(
     key = "|".join([*classes, str(per_class_cap), str(validation_per_class), str(test_per_class)])
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     return f"c{len(classes)}_cap{per_class_cap}_v{validation_per_class}_t{test_per_class}_{digest}"
-
-
-def quickdraw_config(
-    classes: tuple[str, ...], per_class_cap: int, validation_per_class: int, test_per_class: int
-) -> Any:
-    """The builder config (a ``tfds.core.BuilderConfig``) of these classes, cap and split sizes."""
-    return quickdraw_classes().make_config(classes, per_class_cap, validation_per_class, test_per_class)
 
 
 def class_rows(path: Path, cap: int) -> np.ndarray:
@@ -66,10 +58,10 @@ def split_indices(class_name: str, n: int, validation: int, test: int) -> dict[s
 
 
 @functools.cache
-def quickdraw_classes() -> types.SimpleNamespace:
+def quickdraw_classes(tfds: types.ModuleType) -> types.SimpleNamespace:
     """``make_config`` (of tfds BuilderConfigs) and ``Builder`` (the tfds builder class
-    ``QuickdrawSubset``), defined on first use: tensorflow_datasets is imported here only."""
-    import tensorflow_datasets as tfds
+    ``QuickdrawSubset``), defined on first use with the ``tfds`` module that ``spinal_jax.data.prepare``
+    imports to prepare (this module imports no tfds)."""
 
     @dataclasses.dataclass
     class QuickdrawConfig(tfds.core.BuilderConfig):

@@ -4,7 +4,7 @@ A prepared version folder ``<data_dir>/<builder>[/<config>]/<version>/`` holds `
 names, shard lengths, file name template), ``features.json`` (image shape, number of classes), optionally
 ``label.labels.txt`` (class names) and the ArrayRecord shards, whose records are serialized
 ``tf.train.Example`` protos. This module reads them with ``array_record`` and a protobuf wire-format parser of
-its own, so training and evaluation import neither ``tensorflow`` nor ``tensorflow_datasets``; only
+its own, so training and evaluation import neither TensorFlow nor tfds; only
 preparation (``spinal_jax.data.prepare``) does.
 """
 
