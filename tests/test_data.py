@@ -20,8 +20,9 @@ from PIL import Image
 
 from spinal_jax.data import DataPreparationError, create_input_pipeline, default_data_config, prepare_dataset
 from spinal_jax.data.config import shared_dir, validate_data_config
-from spinal_jax.data.prepare import dataset_dir, make_builder
+from spinal_jax.data.prepare import dataset_dir
 from spinal_jax.data.records import find_version, parse_example, read_prepared
+from spinal_jax.data.tfds_builders import make_builder
 from tests.training_helpers.tf_free_site import tf_free_site
 
 DATA = shared_dir() / "data"
@@ -489,7 +490,9 @@ def test_damaged_records_error(tmp_path):
 
 def test_tfds_is_imported_in_one_preparation_function_only():
     """Static check over the package: the one import of tensorflow / tensorflow_datasets is the lazy one
-    in ``prepare._import_tfds_to_prepare`` (the builder modules get the module passed in)."""
+    in ``tfds_builders._import_tfds`` (the builder modules get the module passed in), and the modules
+    that find and read prepared data (``prepare``, ``records``, ``pipeline``) do not import
+    ``tfds_builders`` at module level."""
     import ast
 
     found = []
@@ -502,7 +505,11 @@ def test_tfds_is_imported_in_one_preparation_function_only():
             names += [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
             if any(n.split(".")[0] in ("tensorflow", "tensorflow_datasets") for n in names):
                 found.append((path.name, scopes.get(id(node))))
-    assert found == [("prepare.py", "_import_tfds_to_prepare")]
+    assert found == [("tfds_builders.py", "_import_tfds")]
+    for name in ("prepare.py", "records.py", "pipeline.py"):
+        tree = ast.parse((Path(__file__).resolve().parents[1] / "spinal_jax" / "data" / name).read_text())
+        top = [n.module for n in tree.body if isinstance(n, ast.ImportFrom)]
+        assert "spinal_jax.data.tfds_builders" not in top, name
 
 
 # -- TensorFlow-free train time ------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import pytest
 from spinal_jax.data import DataPreparationError, create_input_pipeline, default_data_config, prepare_dataset
 from spinal_jax.data.catalog import QMNIST_FILES
 from spinal_jax.data.config import validate_data_config
-from spinal_jax.data.prepare import make_builder
+from spinal_jax.data.tfds_builders import make_builder
 from tests.training_helpers.tf_free_site import tf_free_site
 
 REPO = Path(__file__).resolve().parents[1]

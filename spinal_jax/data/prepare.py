@@ -1,27 +1,23 @@
 """Find or prepare a data set in tfds ArrayRecord format, with one clear error when files are missing.
 
 Finding a prepared data set imports neither tfds nor TensorFlow (``spinal_jax.data.records`` reads it).
-Preparing one imports tfds, lazily, and only then; stock tfds builders (mnist, cifar10, ...) also need
-TensorFlow to prepare, our own builders (QMNIST, Quick Draw, image folders) do not.
+Preparing one goes through ``spinal_jax.data.tfds_builders``, imported only then; stock tfds builders
+(mnist, cifar10, ...) also need TensorFlow to prepare, our own builders (QMNIST, Quick Draw, image
+folders) do not.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import ml_collections
 
 from spinal_jax.data.catalog import DatasetSpec, get_dataset_spec
 from spinal_jax.data.config import resolve_data_dir, resolve_manual_dir
 from spinal_jax.data.records import PreparedDataset, find_version, read_prepared
-
-DatasetBuilder = Any  # a tfds DatasetBuilder (tfds is imported by _import_tfds_to_prepare only)
 
 
 class DataPreparationError(ValueError):
@@ -44,45 +40,6 @@ def dataset_dir(config: ml_collections.ConfigDict) -> Path:
 
         return root / config_name(resolve_manual_dir(config))
     return root
-
-
-def _import_tfds_to_prepare() -> Any:
-    """The ``tensorflow_datasets`` module, imported here only, lazily, to prepare a data set (reading a
-    prepared one goes through ``spinal_jax.data.records`` and never imports it)."""
-    import tensorflow_datasets
-
-    return tensorflow_datasets
-
-
-def make_builder(config: ml_collections.ConfigDict) -> DatasetBuilder:
-    """The tfds builder of ``config.name`` over ``data_dir`` (prepared or not), to prepare it."""
-    tfds = _import_tfds_to_prepare()
-    spec = get_dataset_spec(config.name)
-    data_dir = str(resolve_data_dir(config))
-    if spec.kind == "quickdraw":
-        from spinal_jax.data.quickdraw_builder import quickdraw_classes
-
-        quickdraw = quickdraw_classes(tfds)
-        QuickdrawSubset = quickdraw.Builder  # noqa: N806
-        cfg = quickdraw.make_config(
-            tuple(config.classes), config.per_class_cap, config.validation_per_class, config.test_per_class
-        )
-        # tfds refuses a custom config equal to a predefined one: pass the predefined one by name.
-        predefined = {c.name for c in QuickdrawSubset.BUILDER_CONFIGS}
-        config_arg = cfg.name if cfg.name in predefined else cfg
-        return QuickdrawSubset(config=config_arg, data_dir=data_dir, file_format="array_record")
-    if spec.kind == "qmnist":
-        from spinal_jax.data.qmnist_builder import qmnist_builder
-
-        return qmnist_builder(tfds)(data_dir=data_dir, file_format="array_record")
-    if spec.kind == "image_folder":
-        from spinal_jax.data.image_folder_builder import config_name, image_folder_classes
-
-        root = resolve_manual_dir(config).resolve()
-        image_folder = image_folder_classes(tfds)
-        cfg = image_folder.Config(name=config_name(root), root=str(root))
-        return image_folder.Builder(config=cfg, data_dir=data_dir, file_format="array_record")
-    return tfds.builder(spec.tfds_name, data_dir=data_dir, file_format="array_record")
 
 
 def expected_files(config: ml_collections.ConfigDict, spec: DatasetSpec) -> tuple[str, ...]:
@@ -126,37 +83,6 @@ def check_manual_files(config: ml_collections.ConfigDict, spec: DatasetSpec, man
             ) from err
 
 
-_HASH_LIMIT = 4 << 30  # sha256 files up to 4 GiB; larger ones (ImageNet) are checked by size only
-
-
-def check_checksums(config: ml_collections.ConfigDict, builder: DatasetBuilder, manual: Path) -> None:
-    """Compare size and sha256 of each manual file with the checksums tfds registers for the builder.
-
-    tfds itself does not verify files taken from a manual dir, so a truncated or different file would
-    silently give a different data set.
-    """
-    spec = get_dataset_spec(config.name)
-    for url, info in (type(builder).url_infos or {}).items():
-        name = info.filename or url.rsplit("/", 1)[-1]
-        path = manual / name
-        if not path.exists():
-            continue
-        size = path.stat().st_size
-        bad = info.size is not None and size != int(info.size)
-        if not bad and info.checksum and size <= _HASH_LIMIT:
-            digest = hashlib.sha256()
-            with path.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            bad = digest.hexdigest() != info.checksum
-        if bad:
-            raise DataPreparationError(
-                f"Data set {config.name!r}: {path} has the wrong size or checksum (expected {int(info.size)} "
-                f"bytes, sha256 {info.checksum}). Replace it with the original release file {name!r} "
-                f"(source: {spec.source})."
-            )
-
-
 @contextlib.contextmanager
 def _preparation_lock(config: ml_collections.ConfigDict) -> Iterator[None]:
     """Held while one process prepares ``config.name``: processes sharing a disk (the processes of a
@@ -187,31 +113,6 @@ def prepare_dataset(config: ml_collections.ConfigDict) -> PreparedDataset:
     with _preparation_lock(config):
         if version := find_version(dataset_dir(config)):  # prepared by another process while this one waited
             return read_prepared(version)
-        return read_prepared(_prepare(config))
+        from spinal_jax.data.tfds_builders import prepare_with_tfds  # tfds, only to prepare
 
-
-def _prepare(config: ml_collections.ConfigDict) -> Path:
-    """Prepare ``config.name`` with its tfds builder; returns the version folder written."""
-    spec = get_dataset_spec(config.name)
-    manual = resolve_manual_dir(config)
-    check_manual_files(config, spec, manual)
-    tfds = _import_tfds_to_prepare()
-    builder = make_builder(config)
-    if spec.kind == "stock" and importlib.util.find_spec("tensorflow") is None:
-        raise DataPreparationError(
-            f"Preparing the stock tfds data set {config.name!r} needs TensorFlow: pip install "
-            f"'spinal_jax[prepare]' on a machine with it, prepare there, then copy"
-            f" {resolve_data_dir(config)} here. Training itself does not need TensorFlow."
-        )
-    if spec.kind == "stock":
-        check_checksums(config, builder, manual)
-    tfds.disable_progress_bar()
-    try:
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
-    except tfds.download.NonMatchingChecksumError as err:
-        raise DataPreparationError(
-            f"Data set {config.name!r}: a file in {manual} has the wrong size or checksum (tfds: {err}). "
-            f"Replace it with the original release file ({', '.join(expected_files(config, spec))}; "
-            f"source: {spec.source})."
-        ) from err
-    return Path(builder.data_dir)
+        return read_prepared(prepare_with_tfds(config))
