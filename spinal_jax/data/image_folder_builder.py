@@ -78,7 +78,8 @@ def iter_images(root: Path, split: str) -> Iterator[tuple[str, str, bytes]]:
 @functools.cache
 def image_folder_classes(tfds: types.ModuleType) -> types.SimpleNamespace:
     """``Config`` and ``Builder`` (the tfds builder class ``SpinalImageFolder``), defined on first use with
-    the ``tfds`` module that ``spinal_jax.data.prepare`` imports to prepare (this module imports no tfds)."""
+    the ``tfds`` module that ``spinal_jax.data.tfds_builders`` imports to prepare (this module imports
+    no tfds)."""
 
     @dataclasses.dataclass
     class ImageFolderConfig(tfds.core.BuilderConfig):

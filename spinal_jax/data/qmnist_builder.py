@@ -125,7 +125,7 @@ def encode_png(image: np.ndarray) -> bytes:
 @functools.cache
 def qmnist_builder(tfds: types.ModuleType) -> type:
     """The tfds builder class ``Qmnist``, defined on first use with the ``tfds`` module that
-    ``spinal_jax.data.prepare`` imports to prepare (this module imports no tfds)."""
+    ``spinal_jax.data.tfds_builders`` imports to prepare (this module imports no tfds)."""
 
     class Qmnist(tfds.core.GeneratorBasedBuilder):
         """QMNIST digits: 'train' (60,000) and 'test' (60,000: test10k, the MNIST test set, then test50k)."""

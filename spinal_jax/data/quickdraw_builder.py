@@ -60,8 +60,8 @@ def split_indices(class_name: str, n: int, validation: int, test: int) -> dict[s
 @functools.cache
 def quickdraw_classes(tfds: types.ModuleType) -> types.SimpleNamespace:
     """``make_config`` (of tfds BuilderConfigs) and ``Builder`` (the tfds builder class
-    ``QuickdrawSubset``), defined on first use with the ``tfds`` module that ``spinal_jax.data.prepare``
-    imports to prepare (this module imports no tfds)."""
+    ``QuickdrawSubset``), defined on first use with the ``tfds`` module that
+    ``spinal_jax.data.tfds_builders`` imports to prepare (this module imports no tfds)."""
 
     @dataclasses.dataclass
     class QuickdrawConfig(tfds.core.BuilderConfig):

@@ -5,7 +5,7 @@ names, shard lengths, file name template), ``features.json`` (image shape, numbe
 ``label.labels.txt`` (class names) and the ArrayRecord shards, whose records are serialized
 ``tf.train.Example`` protos. This module reads them with ``array_record`` and a protobuf wire-format parser of
 its own, so training and evaluation import neither TensorFlow nor tfds; only
-preparation (``spinal_jax.data.prepare``) does.
+preparation (``spinal_jax.data.tfds_builders``) does.
 """
 
 from __future__ import annotations
