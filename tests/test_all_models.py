@@ -1,17 +1,23 @@
-"""Generic checks run on every registered model, with both heads.
+"""Generic checks run on every registered model, with both heads, on two real test images.
 
-For each: a forward pass on a small batch (shape, finiteness), jit equals no-jit, bf16 compute close to
-fp32, a nonzero finite gradient for every parameter (no dead weights), and a train-mode pass that
-updates every BatchNorm's running mean.
+For each: a forward pass (shape, finiteness, logits that depend on the input), jit equals no-jit, bf16
+compute close to fp32, a nonzero finite gradient for every parameter (no dead weights), and a train-mode
+pass that updates every BatchNorm's running mean.
 
-Everything but the jitted forward runs op by op (no jit; the ImageNet ResNets block by block, each
-residual block one small jitted program shared by all blocks and models of its shapes). On the 2-core CPU
-machine that is the cheaper way to run 22 architectures: XLA compiles a whole-model program in time
-proportional to its layer count (ResNet-152's gradient alone: 16 s), while op by op each distinct
-operation compiles once (about 40 ms) and is reused by every later layer and model of the same shapes, so
-ResNet-101/152 after ResNet-50 cost a few seconds. The file went from 430-570 s (one jit of everything
-per case) to about 385 s, with jit-equals-no-jit now checked for every model instead of four; the
-ImageNet ResNets block by block took their 16 cases from 195 to 162 s.
+How the numbers are computed is chosen for the 2-core CPU machine, where XLA compilation is most of the
+cost (a fixed ~30 ms per program, then time growing with the program's size):
+
+- Most models: the gradient, the bf16 forward and the train-mode pass in one jitted program, compiled at
+  LLVM -O0 with XLA:CPU's elemental emitters (``FAST_COMPILE``: a third of the default compile time),
+  and the no-jit forward op by op (each distinct operation compiles once and is reused by every later
+  layer and model of the same shapes). The program's eval-mode logits are the "jit" side of jit equals
+  no-jit, so a miscompile at these settings fails the test.
+- The ImageNet ResNets: one program for ResNet-152 takes 28 s to compile, so the whole-model forward
+  alone is jitted and the rest runs block by block: each residual block one small jitted program shared
+  by all blocks and models of its shapes (ResNet-101/152 after ResNet-50 cost a few seconds).
+
+Measured on the 2-core VM (``pytest -n 2 tests/test_all_models.py``, cold): 243 s / 450 CPU-s with
+everything but the jitted forward op by op, 206 s / 389 CPU-s as above (docs/perf_notes.md).
 
 Variables are drawn with NumPy at the shapes ``model.init`` gives (``jax.eval_shape``: no init compile,
 which for the ImageNet-size models costs more than the checked step); the initialisers themselves are
@@ -25,12 +31,14 @@ zero gradients everywhere.
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from family_helpers.real_images import real_batch
 
 from spinal_jax.models import create_model, get_spec, list_models, resnet
 
@@ -38,10 +46,14 @@ BATCH = 2
 
 
 def _small_input(name: str) -> jax.Array:
+    """Two real test images at the model's input shape: MNIST for one channel, CIFAR-10 for three (the
+    ImageNet-size backbones at 32x32, the smallest input they accept, which keeps CPU tests fast)."""
     h, w, c = get_spec(name).input_shape
-    if h > 64:  # ImageNet-size backbones: the smallest input the architecture accepts keeps CPU tests fast
-        h = w = 32
-    return jax.random.uniform(jax.random.key(0), (BATCH, h, w, c), jnp.float32)
+    images = real_batch(c, BATCH)
+    if h > 64:
+        h = w = images.shape[1]
+    assert images.shape[1:] == (h, w, c), (name, images.shape)
+    return jnp.asarray(images)
 
 
 CASES = [(name, head) for name in list_models() for head in ("default", "spinal")]
@@ -49,6 +61,7 @@ CASES = [(name, head) for name in list_models() for head in ("default", "spinal"
 # that shape. Eager autodiff through ResNet-152's 50 blocks is Python work of about 1 ms per primitive:
 # its gradient takes 5.0 s op by op, 1.0 s block by block. One class for the file: one jit cache.
 BLOCK_BY_BLOCK = nn.jit(resnet.ResidualBlock, static_argnums=(2,))  # __call__(self, x, train)
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
 
 def _variables(model, x: jax.Array, seed: int = 1) -> dict:
@@ -76,6 +89,61 @@ def _variables(model, x: jax.Array, seed: int = 1) -> dict:
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
+class Computed(NamedTuple):
+    """What one case computes; the assertions are the same whichever way it was computed."""
+
+    jitted: jax.Array  # (B, C) fp32 eval-mode logits, the whole model in one jitted program
+    eager: jax.Array  # (B, C) the same logits without jit
+    grads: dict  # gradient of sum(logits * weights) w.r.t. every parameter (eval mode)
+    bf16: jax.Array  # (B, C) eval-mode logits computed in bfloat16 with the fp32 parameters
+    train_out: jax.Array  # (B, C) train-mode logits
+    train_updates: dict  # the 'batch_stats' collection after the train-mode pass
+
+
+def _jit_fast(fn):
+    """``jax.jit(fn)`` compiled at LLVM -O0 with XLA:CPU's elemental emitters (no MLIR context per
+    fusion): a third of the default compile time for these models, the same numbers (checked against
+    op-by-op execution with the default compiler in every case)."""
+    return jax.jit(fn, compiler_options=FAST_COMPILE)
+
+
+def _in_one_program(model, bf16, variables, x, weights) -> Computed:
+    """Gradient, bf16 and train mode in one jitted program; the no-jit forward op by op."""
+
+    def everything(variables):
+        def loss(params):
+            logits = model.apply({**variables, "params": params}, x, train=False)
+            return jnp.sum(logits * weights), logits
+
+        (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+        low = bf16.apply(variables, x, train=False)
+        out, updates = model.apply(
+            variables, x, train=True, rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"]
+        )
+        return logits, grads, low, out, updates
+
+    logits, grads, low, out, updates = _jit_fast(everything)(variables)
+    return Computed(logits, model.apply(variables, x, train=False), grads, low, out, updates)
+
+
+def _block_by_block(model, bf16, variables, x, weights, monkeypatch) -> Computed:
+    """The whole-model forward jitted; gradient, bf16 and train mode without jit, each residual block
+    one small jitted program shared by all blocks and models of its shapes."""
+    jitted = _jit_fast(lambda v: model.apply(v, x, train=False))(variables)
+    monkeypatch.setattr(resnet, "ResidualBlock", BLOCK_BY_BLOCK)
+
+    def loss(params):
+        logits = model.apply({**variables, "params": params}, x, train=False)
+        return jnp.sum(logits * weights), logits
+
+    (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+    low = bf16.apply(variables, x, train=False)
+    out, updates = model.apply(
+        variables, x, train=True, rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"]
+    )
+    return Computed(jitted, logits, grads, low, out, updates)
+
+
 @pytest.mark.parametrize("name, head", CASES, ids=[f"{n}-{h}" for n, h in CASES])
 def test_forward_jit_bf16_and_gradients(name, head, monkeypatch):
     classes = 5
@@ -84,47 +152,38 @@ def test_forward_jit_bf16_and_gradients(name, head, monkeypatch):
     bf16 = create_model(name, num_classes=classes, head=head, dtype=jnp.bfloat16)
     variables = _variables(model, x)
     weights = jax.random.normal(jax.random.key(3), (BATCH, classes))
+    if name in resnet.RESNET_CONFIGS:
+        got = _block_by_block(model, bf16, variables, x, weights, monkeypatch)
+    else:
+        got = _in_one_program(model, bf16, variables, x, weights)
 
-    def loss(params):
-        logits = model.apply({**variables, "params": params}, x, train=False)
-        return jnp.sum(logits * weights), logits
-
-    # The whole model in one jitted program, compiled with LLVM's -O0 (half the compile time of a deep
-    # ResNet; the numbers it computes are checked against op by op below).
-    lowered = jax.jit(lambda v: model.apply(v, x, train=False)).lower(variables)
-    jitted = lowered.compile(compiler_options={"xla_backend_optimization_level": 0})(variables)
-
-    # The rest without jit: op by op (each distinct operation compiles once and is reused by every later
-    # model), the ImageNet ResNets' residual blocks one jitted block at a time.
-    monkeypatch.setattr(resnet, "ResidualBlock", BLOCK_BY_BLOCK)
-    (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
-    assert logits.shape == (BATCH, classes)
-    assert logits.dtype == jnp.float32
-    assert bool(jnp.all(jnp.isfinite(logits)))
+    assert got.eager.shape == (BATCH, classes)
+    assert got.eager.dtype == jnp.float32
+    assert bool(jnp.all(jnp.isfinite(got.eager)))
+    assert float(jnp.std(got.eager)) > 0  # the logits depend on the image and the class
+    # Every family but the MNIST CNNs has BatchNorm.
+    assert ("batch_stats" in variables) == (not name.startswith("mnist")), sorted(variables)
 
     # jit equals no-jit.
-    np.testing.assert_allclose(np.asarray(jitted), np.asarray(logits), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(got.jitted), np.asarray(got.eager), rtol=1e-4, atol=1e-5)
 
     # Every parameter is used: each leaf's gradient is finite and not all zero.
-    leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(grads))
+    leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(got.grads))
     dead = [jax.tree_util.keystr(path) for path, g in leaves if not np.any(g != 0)]
     bad = [jax.tree_util.keystr(path) for path, g in leaves if not np.all(np.isfinite(g))]
     assert not dead, f"{name}/{head}: parameters with an all-zero gradient: {dead[:5]}"
     assert not bad, f"{name}/{head}: non-finite gradients: {bad[:5]}"
 
     # bf16 compute with the same fp32 parameters stays close to fp32 (relative L2 error of the logits).
-    low = bf16.apply(variables, x, train=False)
-    assert low.dtype == jnp.float32
-    rel = float(jnp.linalg.norm(low - logits) / jnp.linalg.norm(logits))
+    assert got.bf16.dtype == jnp.float32
+    rel = float(jnp.linalg.norm(got.bf16 - got.eager) / jnp.linalg.norm(got.eager))
     assert rel < 0.05, f"{name}/{head}: bf16 logits differ from fp32 by {rel:.3f} (relative L2)"
 
     # Train mode: every BatchNorm's running mean moves towards its batch mean, dropout draws from the
     # 'dropout' stream, all finite.
-    out, updates = model.apply(
-        variables, x, train=True, rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"]
-    )
-    assert bool(jnp.all(jnp.isfinite(out)))
+    assert bool(jnp.all(jnp.isfinite(got.train_out)))
     if "batch_stats" in variables:
+        updates = got.train_updates
         assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
         stats = jax.tree_util.tree_leaves_with_path(jax.device_get(updates["batch_stats"]))
         keyed = [(jax.tree_util.keystr(path), value) for path, value in stats]

@@ -132,32 +132,19 @@ def test_resnet_spinal_head_replaces_fc(name, features):
     assert total == resnet_param_count(name, 10) - (features * 10 + 10) + _spinal_count(features, 1024, 10)
 
 
-# One model per family and one case per head: shapes, finiteness, train mode and jit for every model and
-# head, from the variables' shapes, are in test_all_models.py; here the models' own initialisers run.
+# One model per family and one case per head, with the models' own initialisers at 64x64. Shapes,
+# finiteness, train mode, bf16 and jit for every model and head, from the variables' shapes, are in
+# test_all_models.py.
 @pytest.mark.parametrize("name, head", [("resnet18", "spinal"), ("vgg11_bn", "default")])
 def test_forward_small_resolution(name, head):
     model = create_model(name, 7, head=head)
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 64, 64, 3))
     variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
-
-    @jax.jit
-    def both_modes(variables):
-        train = model.apply(
-            variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(2)}
-        )
-        return model.apply(variables, x), train
-
-    logits, (logits_train, updates) = both_modes(variables)
+    logits = jax.jit(model.apply)(variables, x)
     chex.assert_shape(logits, (2, 7))
     chex.assert_type(logits, jnp.float32)
     chex.assert_tree_all_finite(logits)
-    chex.assert_shape(logits_train, (2, 7))
-    chex.assert_trees_all_equal_shapes(updates["batch_stats"], variables["batch_stats"])
-    # Training mode updates the running statistics of the first BN.
-    first_bn = "bn1" if name == "resnet18" else "features_1"
-    assert not np.allclose(
-        updates["batch_stats"][first_bn]["mean"], variables["batch_stats"][first_bn]["mean"]
-    )
+    assert float(jnp.std(logits)) > 0
 
 
 def test_bfloat16_compute_returns_float32_logits():

@@ -1,18 +1,17 @@
 """The small-input families (MNIST CNN, Arch2, VGG-5, CIFAR CNN / VGG-BN / ResNet).
 
-Parameter counts against the spec (§1.4) and against layer-by-layer formulas written here; forward
-passes on real MNIST / CIFAR-10 images; NumPy re-implementations of the MNIST models and of the
-SpinalResNet head (flatten order, stack order, spatial order); the channel-first flatten; bad input.
+Parameter counts against the spec (§1.4) and against layer-by-layer formulas written here; NumPy
+re-implementations of the MNIST models, VGG-5, the CIFAR CNN and the SpinalResNet head (flatten order,
+stack order, spatial order) on real MNIST / CIFAR-10 images; the channel-first flatten; initialisers;
+bad input. Every model's forward, gradient, bf16 and train mode on real images: test_all_models.py.
 """
 
 from __future__ import annotations
 
 import functools
-import io
 import os
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import chex
@@ -20,10 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from family_helpers.real_images import real_batch
 from flax import linen as nn
 from numpy.lib.stride_tricks import sliding_window_view
-from PIL import Image
-from training_helpers.mnist_idx import load_mnist, shared_dir
 
 from spinal_jax.models import create_model
 from spinal_jax.models.cifar import CifarBasicBlock
@@ -211,26 +209,6 @@ def test_spinal_heads_are_spinal_fc():
 # Real data
 
 
-def _cifar_images(n: int) -> np.ndarray:
-    """The first ``n`` CIFAR-10 test JPEGs as ``(n, 32, 32, 3)`` float32 in [0, 1]."""
-    images = []
-    path = shared_dir() / "data" / "cifar10_jpeg" / "cifar10_jpeg_test.tar.gz"
-    with tarfile.open(path, "r:gz") as tar:
-        for member in tar:
-            if member.isfile() and member.name.endswith(".jpg"):
-                data = tar.extractfile(member).read()
-                images.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), np.float32) / 255.0)
-                if len(images) == n:
-                    break
-    return np.stack(images)
-
-
-@functools.cache
-def _real_batch(channels: int) -> jax.Array:
-    """Two real test images: MNIST (normalised as the reference) or CIFAR-10 (in [0, 1])."""
-    return jnp.asarray(load_mnist("test", 2)[0] if channels == 1 else _cifar_images(2))
-
-
 def _fill(path, leaf: jax.ShapeDtypeStruct, rng: np.random.Generator) -> np.ndarray:
     """A seeded value for one variable: scaled normal kernels, small biases, BN scale ~1 / var ~1."""
     name = jax.tree_util.keystr(path)
@@ -246,37 +224,15 @@ def _fill(path, leaf: jax.ShapeDtypeStruct, rng: np.random.Generator) -> np.ndar
 def _initialised(name: str, head: str, classes: int = 10) -> tuple[nn.Module, dict, jax.Array]:
     """``(model, variables, real batch)`` with variables of exactly the init's tree, shapes and dtypes,
     filled with seeded random values. Compiling ``init`` (its many threefry draws) costs 10-20 s per model
-    on the 2-core CPU; the real initialisers are checked in ``test_family_initialisers`` and, for every
-    model, in tests/test_all_models.py."""
+    on the 2-core CPU; the real initialisers are checked by the ``test_*_init*`` tests below."""
     model = create_model(name, num_classes=classes, head=head)
-    x = _real_batch(_input_shape(name)[-1])
+    x = jnp.asarray(real_batch(_input_shape(name)[-1]))
     shapes = jax.eval_shape(model.init, jax.random.key(0), x)
     rng = np.random.default_rng(0)
     variables = jax.tree_util.tree_map_with_path(
         lambda path, leaf: jnp.asarray(_fill(path, leaf, rng), leaf.dtype), shapes
     )
     return model, variables, x
-
-
-# mnist_cnn, mnist_arch2, vgg5 and cifar_cnn run on real images against a NumPy reference below.
-FORWARD_CASES = [
-    (name, head)
-    for name in SMALL_MODELS
-    if name.startswith(("cifar_vgg", "cifar_resnet"))
-    for head in ("default", "spinal")
-]
-
-
-@pytest.mark.parametrize("name, head", FORWARD_CASES, ids=[f"{n}-{h}" for n, h in FORWARD_CASES])
-def test_forward_on_real_images(name, head):
-    model, variables, x = _initialised(name, head)
-    logits = jax.jit(model.apply)(variables, x)
-    chex.assert_shape(logits, (x.shape[0], 10))
-    chex.assert_type(logits, jnp.float32)
-    chex.assert_tree_all_finite(logits)
-    assert float(jnp.std(logits)) > 0  # the logits depend on the input and the class
-    stats = jax.tree.leaves(variables.get("batch_stats", {}))
-    assert bool(stats) == (not name.startswith("mnist"))  # every family but the MNIST CNNs has BatchNorm
 
 
 # ------------------------------------------------------------------------------------------------
