@@ -107,30 +107,8 @@ def _jit_fast(fn):
     return jax.jit(fn, compiler_options=FAST_COMPILE)
 
 
-def _in_one_program(model, bf16, variables, x, weights) -> Computed:
-    """Gradient, bf16 and train mode in one jitted program; the no-jit forward op by op."""
-
-    def everything(variables):
-        def loss(params):
-            logits = model.apply({**variables, "params": params}, x, train=False)
-            return jnp.sum(logits * weights), logits
-
-        (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
-        low = bf16.apply(variables, x, train=False)
-        out, updates = model.apply(
-            variables, x, train=True, rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"]
-        )
-        return logits, grads, low, out, updates
-
-    logits, grads, low, out, updates = _jit_fast(everything)(variables)
-    return Computed(logits, model.apply(variables, x, train=False), grads, low, out, updates)
-
-
-def _block_by_block(model, bf16, variables, x, weights, monkeypatch) -> Computed:
-    """The whole-model forward jitted; gradient, bf16 and train mode without jit, each residual block
-    one small jitted program shared by all blocks and models of its shapes."""
-    jitted = _jit_fast(lambda v: model.apply(v, x, train=False))(variables)
-    monkeypatch.setattr(resnet, "ResidualBlock", BLOCK_BY_BLOCK)
+def _gradient_bf16_train(model, bf16, variables: dict, x: jax.Array, weights: jax.Array) -> tuple:
+    """``(eval logits, gradient of sum(logits * weights), bf16 logits, train-mode logits, batch_stats)``."""
 
     def loss(params):
         logits = model.apply({**variables, "params": params}, x, train=False)
@@ -141,7 +119,21 @@ def _block_by_block(model, bf16, variables, x, weights, monkeypatch) -> Computed
     out, updates = model.apply(
         variables, x, train=True, rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"]
     )
-    return Computed(jitted, logits, grads, low, out, updates)
+    return logits, grads, low, out, updates
+
+
+def _in_one_program(model, bf16, variables, x, weights) -> Computed:
+    """Gradient, bf16 and train mode in one jitted program; the no-jit forward op by op."""
+    logits, *rest = _jit_fast(lambda v: _gradient_bf16_train(model, bf16, v, x, weights))(variables)
+    return Computed(logits, model.apply(variables, x, train=False), *rest)
+
+
+def _block_by_block(model, bf16, variables, x, weights, monkeypatch) -> Computed:
+    """The whole-model forward jitted; gradient, bf16 and train mode without jit, each residual block
+    one small jitted program shared by all blocks and models of its shapes."""
+    jitted = _jit_fast(lambda v: model.apply(v, x, train=False))(variables)
+    monkeypatch.setattr(resnet, "ResidualBlock", BLOCK_BY_BLOCK)
+    return Computed(jitted, *_gradient_bf16_train(model, bf16, variables, x, weights))
 
 
 @pytest.mark.parametrize("name, head", CASES, ids=[f"{n}-{h}" for n, h in CASES])
