@@ -206,7 +206,7 @@ def test_spinal_heads_are_spinal_fc():
 
 
 # ------------------------------------------------------------------------------------------------
-# Real data
+# Seeded variables on real images
 
 
 def _fill(path, leaf: jax.ShapeDtypeStruct, rng: np.random.Generator) -> np.ndarray:

@@ -29,8 +29,8 @@ def cifar_images(n: int) -> np.ndarray:
 def real_batch(channels: int, n: int = 2) -> np.ndarray:
     """``n`` real test images: MNIST ``(n, 28, 28, 1)`` normalised as the reference for one channel,
     CIFAR-10 ``(n, 32, 32, 3)`` in [0, 1] for three."""
-    if channels == 1:
-        return load_mnist("test", n)[0]
-    if channels == 3:
-        return cifar_images(n)
-    raise ValueError(f"real_batch: no real images with {channels} channels (use 1 or 3).")
+    if channels not in (1, 3):
+        raise ValueError(f"real_batch: no real images with {channels} channels (use 1 or 3).")
+    images = load_mnist("test", n)[0] if channels == 1 else cifar_images(n)
+    images.flags.writeable = False  # cached and shared by every caller
+    return images
