@@ -8,10 +8,10 @@ How the numbers are computed is chosen for the 2-core CPU machine, where XLA com
 cost (a fixed ~30 ms per program, then time growing with the program's size):
 
 - Most models: the gradient, the bf16 forward and the train-mode pass in one jitted program, compiled at
-  LLVM -O0 with XLA:CPU's elemental emitters (``FAST_COMPILE``: a third of the default compile time),
-  and the no-jit forward op by op (each distinct operation compiles once and is reused by every later
-  layer and model of the same shapes). The program's eval-mode logits are the "jit" side of jit equals
-  no-jit, so a miscompile at these settings fails the test.
+  LLVM -O0 with XLA:CPU's elemental emitters (``family_helpers.fast_compile``: a third of the default
+  compile time), and the no-jit forward op by op (each distinct operation compiles once and is reused
+  by every later layer and model of the same shapes). The program's eval-mode logits are the "jit"
+  side of jit equals no-jit, so a miscompile at these settings fails the test.
 - The ImageNet ResNets: one program for ResNet-152 takes 28 s to compile, so the whole-model forward
   alone is jitted and the rest runs block by block: each residual block one small jitted program shared
   by all blocks and models of its shapes (ResNet-101/152 after ResNet-50 cost a few seconds).
@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from family_helpers.fast_compile import jit_fast
 from family_helpers.real_images import real_batch
 
 from spinal_jax.models import create_model, get_spec, list_models, resnet
@@ -60,7 +61,6 @@ CASES = [(name, head) for name in list_models() for head in ("default", "spinal"
 # that shape. Eager autodiff through ResNet-152's 50 blocks is Python work of about 1 ms per primitive:
 # its gradient takes 5.0 s op by op, 1.0 s block by block. One class for the file: one jit cache.
 BLOCK_BY_BLOCK = nn.jit(resnet.ResidualBlock, static_argnums=(2,))  # __call__(self, x, train)
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
 
 def _variables(model, x: jax.Array, seed: int = 1) -> dict:
@@ -102,13 +102,6 @@ class Computed(NamedTuple):
     train_updates: dict  # the 'batch_stats' collection after the train-mode pass
 
 
-def _jit_fast(fn):
-    """``jax.jit(fn)`` compiled at LLVM -O0 with XLA:CPU's elemental emitters (no MLIR context per
-    fusion): a third of the default compile time for these models, the same numbers (checked against
-    op-by-op execution with the default compiler in every case)."""
-    return jax.jit(fn, compiler_options=FAST_COMPILE)
-
-
 def _gradient_bf16_train(model, bf16, variables: dict, x: jax.Array, weights: jax.Array) -> tuple:
     """``(eval logits, gradient of sum(logits * weights), bf16 logits, train-mode logits, batch_stats)``."""
 
@@ -126,14 +119,14 @@ def _gradient_bf16_train(model, bf16, variables: dict, x: jax.Array, weights: ja
 
 def _in_one_program(model, bf16, variables, x, weights) -> Computed:
     """Gradient, bf16 and train mode in one jitted program; the no-jit forward op by op."""
-    logits, *rest = _jit_fast(lambda v: _gradient_bf16_train(model, bf16, v, x, weights))(variables)
+    logits, *rest = jit_fast(lambda v: _gradient_bf16_train(model, bf16, v, x, weights))(variables)
     return Computed(logits, model.apply(variables, x, train=False), *rest)
 
 
 def _block_by_block(model, bf16, variables, x, weights, monkeypatch) -> Computed:
     """The whole-model forward jitted; gradient, bf16 and train mode without jit, each residual block
     one small jitted program shared by all blocks and models of its shapes."""
-    jitted = _jit_fast(lambda v: model.apply(v, x, train=False))(variables)
+    jitted = jit_fast(lambda v: model.apply(v, x, train=False))(variables)
     monkeypatch.setattr(resnet, "ResidualBlock", BLOCK_BY_BLOCK)
     return Computed(jitted, *_gradient_bf16_train(model, bf16, variables, x, weights))
 

@@ -21,6 +21,7 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 from spinal_jax import pretrained  # noqa: E402
 from spinal_jax.convert import main as convert_main  # noqa: E402
 from spinal_jax.models import create_model  # noqa: E402
+from spinal_jax.models.vgg import adaptive_avg_pool  # noqa: E402
 from tests.training_helpers.torch_models import random_torchvision_model  # noqa: E402
 
 ARCHS = [
@@ -102,6 +103,15 @@ def test_logits_equal_torchvision(arch):
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()
     assert_logits_close(flax_logits(arch, pretrained.convert_state_dict(state, arch), x), want)
+
+
+def test_adaptive_avg_pool_against_torch():
+    """The VGGs' pooling to 7x7 from an uneven 11x9 map: PyTorch's bins (the NumPy reference of the
+    same bins, at more sizes: tests/test_imagenet_models.py)."""
+    x = np.random.default_rng(1).normal(size=(2, 11, 9, 3)).astype(np.float32)
+    want = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x).permute(0, 3, 1, 2), (7, 7))
+    got = np.asarray(adaptive_avg_pool(jnp.asarray(x), (7, 7)))
+    np.testing.assert_allclose(got, want.permute(0, 2, 3, 1).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_files_read_as_the_state_dict(tmp_path):

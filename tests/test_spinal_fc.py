@@ -70,17 +70,22 @@ def _torch_layout(params, k, share):
     return weights, biases
 
 
-def _randomise(variables, key):
-    """Replace every leaf with random values (BN variances positive) so nothing is left at its init."""
-    leaves, tree = jax.tree.flatten_with_path(variables)
-    keys = jax.random.split(key, len(leaves))
-    out = []
-    for (path, leaf), kk in zip(leaves, keys, strict=True):
-        value = jax.random.normal(kk, leaf.shape, leaf.dtype) * 0.5
-        if "var" in jax.tree_util.keystr(path):
-            value = jnp.abs(value) + 0.5
-        out.append(value)
-    return jax.tree.unflatten(tree, out)
+def _random_variables(module: SpinalFC, x, seed: int = 1) -> dict:
+    """Seeded NumPy values (normal, std 0.5; BN variances in [0.5, ...)) for every variable of
+    ``module.init``'s tree, so nothing is left at its init. Shapes from ``jax.eval_shape``: no init
+    program to compile (the initialiser has its own test below)."""
+    shapes = jax.eval_shape(module.init, jax.random.key(0), x)
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        value = 0.5 * rng.standard_normal(leaf.shape).astype(leaf.dtype)
+        return np.abs(value) + 0.5 if "var" in jax.tree_util.keystr(path) else value
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def _normal(*shape: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
 VARIANTS = {
@@ -106,8 +111,8 @@ def test_matches_numpy_reference(name, fused):
     shape = variant.get("shape", (variant.get("d"),))
     classes = 7
     module = SpinalFC(num_classes=classes, fused=fused, **kw)
-    x = jax.random.normal(jax.random.key(0), (5, *shape))
-    variables = jax.jit(lambda key: _randomise(module.init(key, x), jax.random.key(2)))(jax.random.key(1))
+    x = _normal(5, *shape)
+    variables = _random_variables(module, x)
     got = np.asarray(jax.jit(lambda v: module.apply(v, x, train=False))(variables), np.float64)
 
     params = variables["params"]
@@ -144,8 +149,8 @@ def test_matches_numpy_reference(name, fused):
 
 def test_features_without_readout():
     module = SpinalFC(width=4, num_classes=None, num_layers=3)
-    x = jax.random.normal(jax.random.key(0), (3, 10))
-    variables = jax.jit(lambda key: _randomise(module.init(key, x), jax.random.key(2)))(jax.random.key(1))
+    x = _normal(3, 10)
+    variables = _random_variables(module, x)
     assert "readout" not in variables["params"]
     weights, biases = _torch_layout(variables["params"], 3, False)
     want = _numpy_spinal(x, weights, biases, None, None, k=3, n=2, act=ACTS["relu"])
@@ -158,8 +163,8 @@ def test_features_without_readout():
 def test_fused_equals_layer_by_layer_in_training(kw):
     """With dropout off, the train-mode forward (batch statistics) and its gradients agree too."""
     module = SpinalFC(width=8, num_classes=4, **kw)
-    x = jax.random.normal(jax.random.key(0), (16, 30))
-    variables = jax.jit(module.init)(jax.random.key(1), x)
+    x = _normal(16, 30)
+    variables = _random_variables(module, x)
 
     def loss(params, fused):
         out, _ = module.clone(fused=fused).apply(
@@ -210,8 +215,8 @@ def test_param_count_matches_formula(seed):
 
 def test_bf16_compute_keeps_fp32_params():
     module = SpinalFC(width=32, num_classes=10, use_bn=True, dtype=jnp.bfloat16)
-    x = jax.random.normal(jax.random.key(0), (8, 64))
-    variables = jax.jit(module.init)(jax.random.key(1), x)
+    x = _normal(8, 64)
+    variables = _random_variables(module, x)
     chex.assert_trees_all_equal_dtypes(
         variables["params"], jax.tree.map(lambda a: a.astype(jnp.float32), variables["params"])
     )
@@ -223,8 +228,8 @@ def test_bf16_compute_keeps_fp32_params():
 
 def test_dropout_train_differs_across_rngs_eval_is_deterministic():
     module = SpinalFC(width=16, num_classes=5, dropout_rate=0.5, use_bn=True)
-    x = jax.random.normal(jax.random.key(0), (8, 40))
-    variables = jax.jit(module.init)(jax.random.key(1), x)
+    x = _normal(8, 40)
+    variables = _random_variables(module, x)
 
     @jax.jit
     def train(seed):
@@ -271,4 +276,4 @@ def test_dropout_masks_are_independent_per_sub_layer():
 )
 def test_bad_configuration_raises_clear_error(kw, x_shape, message):
     with pytest.raises(ValueError, match=re.escape(message)):
-        SpinalFC(**kw).init(jax.random.key(0), jnp.zeros(x_shape))
+        jax.eval_shape(SpinalFC(**kw).init, jax.random.key(0), jax.ShapeDtypeStruct(x_shape, jnp.float32))
