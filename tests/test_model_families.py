@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from family_helpers.fast_compile import jit_fast
 from family_helpers.real_images import real_batch
 from flax import linen as nn
 from numpy.lib.stride_tricks import sliding_window_view
@@ -470,13 +471,14 @@ def test_resnet_default_head_is_a_4x4_max_pool_and_a_linear():
 
 
 # ------------------------------------------------------------------------------------------------
-# The real initialisers (an 'rbg' key: its init compiles several times faster on CPU than threefry's)
+# The real initialisers (an 'rbg' key: its init compiles several times faster on CPU than threefry's;
+# compiled for compile speed, family_helpers/fast_compile.py)
 
 
 def _real_init(name: str, head: str, **overrides) -> dict:
     model = create_model(name, num_classes=10, head=head, **overrides)
     x = jnp.zeros((1, *_input_shape(name)), jnp.float32)
-    return jax.jit(model.init)(jax.random.key(0, impl="rbg"), x)
+    return jit_fast(model.init)(jax.random.key(0, impl="rbg"), x)
 
 
 def _assert_he_normal_fan_out(kernel: jax.Array) -> None:

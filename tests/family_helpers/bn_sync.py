@@ -11,7 +11,12 @@ import os
 import sys
 
 N = int(sys.argv[1])
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={N}"
+# Compiled for compile speed (tests/family_helpers/fast_compile.py; half this script's time): what is
+# checked is equality of two programs' numbers, both compiled with these settings.
+os.environ["XLA_FLAGS"] = (
+    f"--xla_force_host_platform_device_count={N} "
+    "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+)
 
 import chex  # noqa: E402
 import jax  # noqa: E402
