@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from family_helpers.fast_compile import jit_fast
 from family_helpers.real_images import real_batch
+from family_helpers.seeded_variables import seeded_variables
 from flax import linen as nn
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -210,17 +211,6 @@ def test_spinal_heads_are_spinal_fc():
 # Seeded variables on real images
 
 
-def _fill(path, leaf: jax.ShapeDtypeStruct, rng: np.random.Generator) -> np.ndarray:
-    """A seeded value for one variable: scaled normal kernels, small biases, BN scale ~1 / var ~1."""
-    name = jax.tree_util.keystr(path)
-    if leaf.ndim >= 2:  # Dense (in, out), Conv (kh, kw, in, out), SpinalFC (layers, in, out)
-        fan_in = leaf.shape[-2] if leaf.ndim == 3 else np.prod(leaf.shape[:-1])
-        return rng.normal(0.0, 1.0 / np.sqrt(fan_in), leaf.shape)
-    if "'var'" in name or "'scale'" in name:
-        return 1.0 + 0.1 * rng.random(leaf.shape)
-    return 0.1 * rng.normal(size=leaf.shape)
-
-
 @functools.cache
 def _initialised(name: str, head: str, classes: int = 10) -> tuple[nn.Module, dict, jax.Array]:
     """``(model, variables, real batch)`` with variables of exactly the init's tree, shapes and dtypes,
@@ -228,11 +218,7 @@ def _initialised(name: str, head: str, classes: int = 10) -> tuple[nn.Module, di
     on the 2-core CPU; the real initialisers are checked by the ``test_*_init*`` tests below."""
     model = create_model(name, num_classes=classes, head=head)
     x = jnp.asarray(real_batch(_input_shape(name)[-1]))
-    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-    rng = np.random.default_rng(0)
-    variables = jax.tree_util.tree_map_with_path(
-        lambda path, leaf: jnp.asarray(_fill(path, leaf, rng), leaf.dtype), shapes
-    )
+    variables = jax.device_put(seeded_variables(jax.eval_shape(model.init, jax.random.key(0), x)))
     return model, variables, x
 
 
@@ -397,11 +383,7 @@ def test_cifar_resnet_block_equals_a_numpy_reference():
     """conv-BN-ReLU-conv-BN plus a 3x3 stride-2 conv-BN shortcut, and no ReLU after the addition."""
     block = CifarBasicBlock(64, strides=2)
     x = jax.random.normal(jax.random.key(4), (2, 8, 8, 32))
-    shapes = jax.eval_shape(block.init, jax.random.key(0), x)
-    rng = np.random.default_rng(1)
-    variables = jax.tree_util.tree_map_with_path(
-        lambda path, leaf: jnp.asarray(_fill(path, leaf, rng)), shapes
-    )
+    variables = jax.device_put(seeded_variables(jax.eval_shape(block.init, jax.random.key(0), x), seed=1))
     p, s = _np(variables["params"]), _np(variables["batch_stats"])
 
     def conv_bn(h: np.ndarray, name: str, stride: int) -> np.ndarray:

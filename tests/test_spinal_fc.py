@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from family_helpers.seeded_variables import seeded_variables
 
 from spinal_jax.layers import SpinalFC, spinal_head_param_count
 
@@ -71,17 +72,9 @@ def _torch_layout(params, k, share):
 
 
 def _random_variables(module: SpinalFC, x, seed: int = 1) -> dict:
-    """Seeded NumPy values (normal, std 0.5; BN variances in [0.5, ...)) for every variable of
-    ``module.init``'s tree, so nothing is left at its init. Shapes from ``jax.eval_shape``: no init
-    program to compile (the initialiser has its own test below)."""
-    shapes = jax.eval_shape(module.init, jax.random.key(0), x)
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        value = 0.5 * rng.standard_normal(leaf.shape).astype(leaf.dtype)
-        return np.abs(value) + 0.5 if "var" in jax.tree_util.keystr(path) else value
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
+    """Seeded values for every variable of ``module.init``'s tree, so nothing is left at its init (no
+    init program to compile; the initialiser has its own test below)."""
+    return seeded_variables(jax.eval_shape(module.init, jax.random.key(0), x), seed)
 
 
 def _normal(*shape: int, seed: int = 0) -> np.ndarray:

@@ -23,6 +23,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from spinal_jax.models import create_model  # noqa: E402
+from tests.family_helpers.seeded_variables import seeded_variables  # noqa: E402
 from tests.training_helpers.mnist_idx import load_mnist  # noqa: E402
 
 assert jax.local_device_count() == N, jax.devices()
@@ -44,17 +45,7 @@ def train_forward(model, variables, x):
 
 
 def random_variables(model, x) -> dict:
-    """Seeded values of the init's tree and shapes (cheaper than compiling ``init`` on a CPU)."""
-    shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-    draw = np.random.default_rng(1)
-
-    def fill(leaf):
-        if leaf.ndim == 1:  # biases, BN scale/bias and running mean/var: around 1, all positive
-            return (1.0 + 0.1 * draw.uniform(-1, 1, leaf.shape)).astype(leaf.dtype)
-        fan_in = leaf.shape[-2] if leaf.ndim == 3 else np.prod(leaf.shape[:-1])  # SpinalFC (L, s, w)
-        return draw.normal(0.0, 1.0 / np.sqrt(fan_in), leaf.shape).astype(leaf.dtype)
-
-    return jax.tree.map(fill, shapes)
+    return seeded_variables(jax.eval_shape(model.init, jax.random.key(0), x), seed=1)
 
 
 def pmapped(name: str, head: str, overrides: dict, axis: str | None):
