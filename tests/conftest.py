@@ -41,6 +41,9 @@ XLA_CACHE_OPTIONS = {
     "jax_persistent_cache_min_entry_size_bytes": 0,
 }
 os.environ.update({name.upper(): str(value) for name, value in XLA_CACHE_OPTIONS.items()})
+_FLAGS = os.environ.get("XLA_FLAGS", "").split()  # read once per process, when jax makes its CPU client
+if "--xla_cpu_use_fusion_emitters=false" not in _FLAGS:
+    os.environ["XLA_FLAGS"] = " ".join([*_FLAGS, "--xla_cpu_use_fusion_emitters=false"])
 
 import jax  # noqa: E402  (after the environment variable, which jax reads on import)
 

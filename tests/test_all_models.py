@@ -12,15 +12,19 @@ cost (a fixed ~30 ms per program, then time growing with the program's size):
   compile time), and the no-jit forward op by op (each distinct operation compiles once and is reused
   by every later layer and model of the same shapes). The program's eval-mode logits are the "jit"
   side of jit equals no-jit, so a miscompile at these settings fails the test.
-- The ImageNet ResNets: one program for ResNet-152 takes 28 s to compile, so the whole-model forward
-  alone is jitted and the rest runs block by block: each residual block one small jitted program shared
-  by all blocks and models of its shapes (ResNet-101/152 after ResNet-50 cost a few seconds).
+- The ImageNet ResNets: one program for ResNet-152 takes 28 s to compile, and its forward alone 3 s,
+  so the gradient, bf16 and train-mode passes run block by block: each residual block one small jitted
+  program shared by all blocks and models of its shapes (ResNet-101/152 after ResNet-50 cost a few
+  seconds). The gradient pass's logits are the "jit" side of jit equals no-jit, against the forward op
+  by op; the family's whole-model jit equals no-jit is test_imagenet_models.py's ResNet-18 case.
 
-Measured on the 2-core VM (``pytest -n 2 tests/test_all_models.py``, cold): 243 s / 450 CPU-s with
-everything but the jitted forward op by op, 206 s / 389 CPU-s as above (docs/perf_notes.md).
+Measured on the 2-core VM (``pytest -n 2`` on the four model-test files, docs/perf_notes.md ninth
+session): the ResNets' whole-model jitted forward replaced by the op-by-op one, 42 -> 28 s in one process
+for 16 cases.
 
 Variables are drawn with NumPy at the shapes ``model.init`` gives (``jax.eval_shape``: no init compile,
-which for the ImageNet-size models costs more than the checked step); the initialisers themselves are
+which for the ImageNet-size models costs more than the checked step), each from a generator seeded by
+its path and shape, once per process (``_DRAWN``); the initialisers themselves are
 tested per family (test_model_families.py, test_imagenet_models.py, test_spinal_fc.py). Gradients for the
 "every parameter is used" check are taken in eval mode (in train mode a conv bias that feeds BatchNorm has
 an exactly-zero gradient by construction, in PyTorch as here) of a fixed random linear function of the
@@ -31,6 +35,7 @@ zero gradients everywhere.
 from __future__ import annotations
 
 import re
+import zlib
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -63,32 +68,44 @@ CASES = [(name, head) for name in list_models() for head in ("default", "spinal"
 BLOCK_BY_BLOCK = nn.jit(resnet.ResidualBlock, static_argnums=(2,))  # __call__(self, x, train)
 
 
-def _variables(model, x: jax.Array, seed: int = 1) -> dict:
-    """Random float32 device arrays of ``model``'s variable shapes, uniform with these moments: kernels
-    mean 0, variance 1/fan_in; other params mean 0 (1 for BN scales), std 0.1; BatchNorm running means 0,
-    variances 1."""
+# One process's draws, by variable path and shape: a model drawn after another with the same variable
+# (both heads of one backbone; the four ImageNet VGGs' 10^8-weight classifiers; ResNet-50/101/152's
+# first blocks) gets the same device array instead of drawing and copying it again.
+_DRAWN: dict[tuple[str, tuple[int, ...]], jax.Array] = {}
+
+
+def _draw(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Float32 values for the variable ``name`` (a ``keystr`` path) from a generator seeded by its path
+    and shape, uniform with these moments: kernels mean 0, variance 1/fan_in; other params mean 0 (1
+    for BN scales), std 0.1; BatchNorm running means 0, variances 1."""
+    if "batch_stats" in name:
+        return np.zeros(shape, np.float32) if "mean" in name else np.ones(shape, np.float32)
+    if len(shape) >= 2:
+        fan_in = int(np.prod(shape[:-1])) if "kernel" in name else shape[-2]
+        std, mean = 1 / np.sqrt(fan_in), 0.0
+    else:
+        std, mean = 0.1, 1.0 if "scale" in name else 0.0
+    rng = np.random.default_rng(zlib.crc32(f"{name}{shape}".encode()))
+    value = rng.random(shape, np.float32)  # in place: the VGG classifiers hold 10^8 weights
+    value -= np.float32(0.5)
+    value *= np.float32(std * np.sqrt(12.0))
+    value += np.float32(mean)
+    return value
+
+
+def _variables(model, x: jax.Array) -> dict:
+    """Random float32 device arrays of ``model``'s variable shapes (``_draw``), each on the device once:
+    every jitted call or eager op given a NumPy array copies it (0.5 GB for the ImageNet VGGs)."""
+
+    def drawn(path, leaf: jax.ShapeDtypeStruct) -> jax.Array:
+        assert leaf.dtype == jnp.float32, (path, leaf.dtype)
+        key = (jax.tree_util.keystr(path), leaf.shape)
+        if key not in _DRAWN:
+            _DRAWN[key] = jax.device_put(_draw(*key))
+        return _DRAWN[key]
+
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
-    rng = np.random.default_rng(seed)
-
-    def uniform(shape, std: float, mean: float = 0.0) -> np.ndarray:
-        value = rng.random(shape, np.float32)  # in place: the VGG classifiers hold 10^8 weights
-        value -= np.float32(0.5)
-        value *= np.float32(std * np.sqrt(12.0))
-        value += np.float32(mean)
-        return value
-
-    def draw(path, leaf):
-        name = jax.tree_util.keystr(path)
-        if "batch_stats" in name:
-            return np.zeros(leaf.shape, leaf.dtype) if "mean" in name else np.ones(leaf.shape, leaf.dtype)
-        if len(leaf.shape) >= 2:
-            fan_in = int(np.prod(leaf.shape[:-1])) if "kernel" in name else leaf.shape[-2]
-            return uniform(leaf.shape, 1 / np.sqrt(fan_in))
-        return uniform(leaf.shape, 0.1, 1.0 if "scale" in name else 0.0)
-
-    # On the device once: every jitted call or eager op given a NumPy array copies it (0.5 GB for the
-    # ImageNet VGGs, about 0.5 s per pass).
-    return jax.device_put(jax.tree_util.tree_map_with_path(draw, shapes))
+    return jax.tree_util.tree_map_with_path(drawn, shapes)
 
 
 class Computed(NamedTuple):
@@ -124,11 +141,12 @@ def _in_one_program(model, bf16, variables, x, weights) -> Computed:
 
 
 def _block_by_block(model, bf16, variables, x, weights, monkeypatch) -> Computed:
-    """The whole-model forward jitted; gradient, bf16 and train mode without jit, each residual block
-    one small jitted program shared by all blocks and models of its shapes."""
-    jitted = jit_fast(lambda v: model.apply(v, x, train=False))(variables)
+    """The no-jit forward op by op; gradient (its logits the "jit" side), bf16 and train mode with each
+    residual block one small jitted program shared by all blocks and models of its shapes."""
+    eager = model.apply(variables, x, train=False)
     monkeypatch.setattr(resnet, "ResidualBlock", BLOCK_BY_BLOCK)
-    return Computed(jitted, *_gradient_bf16_train(model, bf16, variables, x, weights))
+    logits, *rest = _gradient_bf16_train(model, bf16, variables, x, weights)
+    return Computed(logits, eager, *rest)
 
 
 @pytest.mark.parametrize("name, head", CASES, ids=[f"{n}-{h}" for n, h in CASES])

@@ -133,19 +133,28 @@ def test_resnet_spinal_head_replaces_fc(name, features):
     assert total == resnet_param_count(name, 10) - (features * 10 + 10) + _spinal_count(features, 1024, 10)
 
 
-# One model per family and one case per head, with the models' own initialisers at 64x64 (init and
-# forward in one program, compiled for compile speed: jit equals no-jit is checked in test_all_models.py;
-# the spinal head on the VGG, as its 25088x4096 default classifier makes init draw twice the numbers).
-# Shapes, finiteness, train mode, bf16 and jit for every model and head: test_all_models.py.
+# One model per family and one case per head, with the models' own initialisers at 64x64: init and
+# forward in one program, compiled for compile speed. The spinal head on the VGG, as its 25088x4096
+# default classifier makes init draw twice the numbers. For the ResNet, the program's logits also equal
+# the forward op by op: test_all_models.py jits the ImageNet ResNets block by block, so this is the
+# family's whole-model jit equals no-jit. Shapes, finiteness, train mode, bf16 and gradients for every
+# model and head: test_all_models.py.
 @pytest.mark.parametrize("name, head", [("resnet18", "default"), ("vgg11_bn", "spinal")])
 def test_forward_small_resolution(name, head):
     model = create_model(name, 7, head=head)
     x = np.random.default_rng(1).standard_normal((2, 64, 64, 3), np.float32)
-    logits = jit_fast(lambda key: model.apply(model.init(key, x), x))(jax.random.PRNGKey(0))
+
+    def init_and_apply(key):
+        variables = model.init(key, x)
+        return variables, model.apply(variables, x)
+
+    variables, logits = jit_fast(init_and_apply)(jax.random.PRNGKey(0))
     chex.assert_shape(logits, (2, 7))
     chex.assert_type(logits, jnp.float32)
     chex.assert_tree_all_finite(logits)
     assert float(jnp.std(logits)) > 0
+    if name in RESNETS:
+        np.testing.assert_allclose(logits, model.apply(variables, x), rtol=1e-4, atol=1e-5)
 
 
 def test_bfloat16_compute_returns_float32_logits():
