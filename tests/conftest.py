@@ -11,9 +11,10 @@ exercised end to end.
 The test processes compile with XLA:CPU's elemental emitters (``--xla_cpu_use_fusion_emitters=false`` in
 ``XLA_FLAGS``) instead of its MLIR fusion emitters, which build an MLIR context per fusion: about a third
 less compile time for the thousands of small programs the model tests compile (op-by-op execution, the
-ResNets' block programs); the four model-test files 146-168 s -> 125-136 s, the suite 400 -> 323 s
-(docs/perf_notes.md, ninth session). Same numbers within every test's tolerance. The ``train.py`` and
-multi-device subprocesses set their own ``XLA_FLAGS`` and so compile with XLA's defaults.
+ResNets' block programs). Measured (docs/perf_notes.md, ninth session): the four model-test files 156.1 ->
+141.4 s back to back, the 16 ImageNet ResNet cases in one process 79.8 -> 70.6 s. Same numbers within
+every test's tolerance. The ``train.py`` and multi-device subprocesses set their own ``XLA_FLAGS`` and so
+compile with XLA's defaults.
 
 Every process of a test run (the pytest-xdist workers and the ``train.py`` / multi-process subprocesses
 they start) shares one temporary folder, created by the first process and removed when it exits, with:

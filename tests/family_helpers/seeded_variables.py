@@ -2,8 +2,10 @@
 
 On the 2-core CPU, compiling a model's ``init`` (its many random draws) costs seconds per model; the
 shapes come free from ``jax.eval_shape(model.init, ...)``, and the real initialisers have tests of their
-own. (test_all_models.py draws its own: uniform, in place and zero running means, for 10^8-weight
-classifiers and its running-mean check.)
+own. (test_all_models.py draws its own: uniform, in place, seeded per variable path and kept per
+process, for its 10^8-weight classifiers shared across models; running means exactly 0 for its
+running-mean check. Here BatchNorm statistics stay away from (0, 1), so the NumPy references of
+eval-mode BatchNorm can tell mean from variance.)
 """
 
 from __future__ import annotations
