@@ -4,8 +4,8 @@ On the 2-core CPU, compiling a model's ``init`` (its many random draws) costs se
 shapes come free from ``jax.eval_shape(model.init, ...)``, and the real initialisers have tests of their
 own. (test_all_models.py draws its own: uniform, in place, seeded per variable path and kept per
 process, for its 10^8-weight classifiers shared across models; running means exactly 0 for its
-running-mean check. Here BatchNorm statistics stay away from (0, 1), so the NumPy references of
-eval-mode BatchNorm can tell mean from variance.)
+running-mean check. Here running means are nonzero and variances in [1, 1.1), so the NumPy references
+of eval-mode BatchNorm can tell mean from variance.)
 """
 
 from __future__ import annotations
