@@ -15,8 +15,10 @@ from typing import Any, NoReturn
 TRACEBACK_ENV = "SPINAL_TRACEBACK"
 
 
-class UserError(Exception):
-    """An expected failure: the message says what is wrong and how to fix it."""
+class UserError(ValueError):
+    """An expected failure: the message says what is wrong and how to fix it.
+
+    A ValueError, so callers that catch bad values keep working."""
 
 
 def exit_with_message(err: BaseException, prefix: str = "error") -> NoReturn:
