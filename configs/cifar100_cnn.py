@@ -1,9 +1,9 @@
-"""CIFAR-100 "CNN_dropout" (spec §2.4): the CIFAR CNN with its 4096->1024->512->100 head or the spinal
-head (w=256, dropout 0.1): ``configs/cifar100_cnn.py[:HEAD]``.
+"""CIFAR-100 "CNN_dropout" (docs/SPINALNET.md, CIFAR CNN): the CIFAR CNN with its 4096->1024->512->100
+head or the spinal head (w=256, dropout 0.1): ``configs/cifar100_cnn.py[:HEAD]``.
 
 Recipe: Adam lr 1e-3, batch 200, 160 epochs, pad-4 crop + flip, lr /= 3 whenever the monitored
 accuracy did not improve (monitored on validation here, on test in the reference).
-Measured: (to be filled.)
+Measured: not yet run.
 """
 
 from spinal_jax.config import base_config, data_config, parse_arg

@@ -1,11 +1,11 @@
-"""CIFAR-10 "CNN_dropout" (spec §2.4): 6 convs to 4096 features, then the 4096->1024->512->10 head or
-the spinal head (w=128, dropout 0.1): ``configs/cifar10_cnn.py[:HEAD]``.
+"""CIFAR-10 "CNN_dropout" (docs/SPINALNET.md, CIFAR CNN): 6 convs to 4096 features, then the
+4096->1024->512->10 head or the spinal head (w=128, dropout 0.1): ``configs/cifar10_cnn.py[:HEAD]``.
 
 Recipe: Adam lr 1e-3, batch 100, 160 epochs, pad-4 crop + flip, no normalisation. The spinal script's
 lr never decays (its best accuracy is never updated), so the lr is constant here for both heads; the
 default script's ad-hoc /3 decay is not reproduced. The stock builder wants cifar-10-binary.tar.gz;
 the JPEG copy in ../shared/data trains with ``--config.data.name=image_folder
---config.data.manual_dir=../shared/data/cifar10_jpeg``. Measured: (to be filled.)
+--config.data.manual_dir=../shared/data/cifar10_jpeg``. Measured: not yet run.
 """
 
 from spinal_jax.config import base_config, data_config, parse_arg

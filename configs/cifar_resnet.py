@@ -1,9 +1,9 @@
-"""The reference's CIFAR ResNet (spec §2.6): ResNet-18 on CIFAR-10, ResNet-34 on CIFAR-100:
-``configs/cifar_resnet.py:DATASET[,HEAD]``; HEAD default (pool + Linear 256->C) | spinal (4 spatial
-splits, w=256 / 512).
+"""The reference's CIFAR ResNet (docs/SPINALNET.md, CIFAR ResNet): ResNet-18 on CIFAR-10, ResNet-34 on
+CIFAR-100: ``configs/cifar_resnet.py:DATASET[,HEAD]``; HEAD default (pool + Linear 256->C) | spinal (4
+spatial splits, w=256 / 512).
 
 Recipe: Adam lr 1e-3, batch 200, 160 epochs, pad-4 crop + flip, normalised with CIFAR-100 statistics
-(for CIFAR-10 too), random restart on plateau lr <- 1e-3 * U**5. Measured: (to be filled.)
+(for CIFAR-10 too), random restart on plateau lr <- 1e-3 * U**5. Measured: not yet run.
 """
 
 from spinal_jax.config import base_config, data_config, parse_arg

@@ -1,9 +1,9 @@
-"""VGG-19-BN on CIFAR-10/100 (spec §2.5): ``configs/cifar_vgg19.py:DATASET[,HEAD]`` with DATASET
-cifar10 | cifar100 and HEAD default (512->4096->4096->C) | spinal (w=512, dropout 0.5).
+"""VGG-19-BN on CIFAR-10/100 (docs/SPINALNET.md, CIFAR VGG): ``configs/cifar_vgg19.py:DATASET[,HEAD]``
+with DATASET cifar10 | cifar100 and HEAD default (512->4096->4096->C) | spinal (w=512, dropout 0.5).
 
 Recipe: Adam lr 1e-4, 200 epochs, pad-4 crop + flip; CIFAR-10 batch 100 without normalisation,
 CIFAR-100 batch 200 normalised with its statistics; random restart on plateau lr <- 1e-4 * U**3.
-Measured: (to be filled.)
+Measured: not yet run.
 """
 
 from spinal_jax.config import base_config, data_config, parse_arg

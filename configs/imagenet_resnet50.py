@@ -4,7 +4,7 @@ baseline of ``imagenet_spinal.py``. ``configs/imagenet_resnet50.py[:spinal]`` sw
 Recipe: SGD Nesterov momentum 0.9, lr 0.1 x global_batch / 256, 5 warm-up epochs then cosine to 0,
 weight decay 1e-4 on kernels only (not BatchNorm, not biases), 90 epochs, global batch 1024,
 bfloat16 compute with float32 parameters, label smoothing off (``--config.label_smoothing=0.1`` to
-use it), inception crop + flip. Measured: (to be filled: top-1/top-5, time, hardware.)
+use it), inception crop + flip. Measured: not yet run.
 """
 
 from spinal_jax.config import imagenet_config, parse_arg

@@ -1,7 +1,7 @@
 """ResNet-50 on ImageNet-1k with the spinal head (halves of the 2048 pooled features): the recipe of
 ``imagenet_resnet50.py`` (SGD Nesterov 0.9, lr 0.1 x batch/256, 5 warm-up epochs then cosine, weight
 decay 1e-4 not on BatchNorm/biases, optional label smoothing, bfloat16, 90 epochs, batch 1024).
-Measured: (to be filled: top-1/top-5, time, hardware.)
+Measured: not yet run.
 """
 
 from spinal_jax.config import imagenet_config

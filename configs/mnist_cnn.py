@@ -1,13 +1,13 @@
-"""MNIST default CNN (spec §2.1): PyTorch's MNIST example CNN with its 320->50->10 head, or the spinal
-head (k=6 sub-layers of width 8) with ``configs/mnist_cnn.py:spinal``; ``:qmnist[,spinal]`` trains the same
-network on QMNIST (the reference script's docstring: the same code serves QMNIST by swapping the data set).
+"""MNIST default CNN (docs/SPINALNET.md, MNIST CNN): PyTorch's MNIST example CNN with its 320->50->10
+head, or the spinal head (k=6 sub-layers of width 8) with ``configs/mnist_cnn.py:spinal``;
+``:qmnist[,spinal]`` trains the same network on QMNIST (the reference script's docstring: the same code
+serves QMNIST by swapping the data set).
 
 Recipe: SGD lr 0.01, momentum 0.5, batch 64, 8 epochs, no augmentation, normalised (0.1307, 0.3081).
 Deviation: 10 % of train is held out for validation (the reference has none).
-Measured (default head, 2026-11-26, commit f17ef1f, the 2-core CPU development machine, jax 0.10.2,
-no other load): 8 epochs in 192 s wall (183 s of training, 2,360 img/s; 344 s before the pipeline's bulk
-reads); best validation 97.83 % (epoch 7), test at best validation 97.98 %, max test 98.02 %. The spinal
-head: not run.
+Measured (default head, 2026-11-26, a 2-core CPU machine, jax 0.10.2, no other load): 8 epochs in 192 s
+wall (183 s of training, 2,360 img/s); best validation 97.83 % (epoch 7), test at best validation
+97.98 %, max test 98.02 %. The spinal head: not measured.
 """
 
 from spinal_jax.config import base_config, data_config, parse_arg

@@ -1,12 +1,13 @@
-"""VGG-5 (10 conv layers) on the MNIST family (spec §2.3): ``configs/mnist_vgg5.py:DATASET[,HEAD]`` with
-DATASET one of mnist, qmnist, fashion_mnist, kmnist, emnist_digits, emnist_letters, emnist_balanced and HEAD
-'default' (256->512(BN)->C) or 'spinal' (k=4, w=128, dropout 0.5 + BN; the default here).
+"""VGG-5 (10 conv layers) on the MNIST family (docs/SPINALNET.md, VGG-5):
+``configs/mnist_vgg5.py:DATASET[,HEAD]`` with DATASET one of mnist, qmnist, fashion_mnist, kmnist,
+emnist_digits, emnist_letters, emnist_balanced and HEAD 'default' (256->512(BN)->C) or 'spinal' (k=4,
+w=128, dropout 0.5 + BN; the default here).
 
 Recipe: Adam lr 0.005, batch 100, 200 epochs, reference augmentation (perspective + rotation 10; for
 Fashion rotation + resized crop), random restart on plateau lr <- 0.005 * U**3 when the monitored
 accuracy did not improve. Deviation: monitored on a held-out validation split, not on test.
 QMNIST (``qmnist``, our TF-free builder, docs/DATA.md) tests on all 60,000 QMNIST test images (the paper
-reports 99.68 %). Measured: (to be filled: accuracy, time, hardware.)
+reports 99.68 %). Measured: not yet run.
 """
 
 from spinal_jax.config import base_config, data_config, parse_arg

@@ -1,9 +1,10 @@
-"""VGG-5 on a subset of Google Quick, Draw! bitmaps (spec §6; the Devpost "Network Must Have Spine"
-experiment): ``configs/quickdraw_vgg5.py[:HEAD]``. The classes are ``config.data.classes`` (default:
-the six in ../shared/data/quickdraw_bitmap), with per-class validation/test hold-outs.
+"""VGG-5 on a subset of Google Quick, Draw! bitmaps (docs/SPINALNET.md, VGG-5; the Devpost
+"Network Must Have Spine" experiment): ``configs/quickdraw_vgg5.py[:HEAD]``. The classes are
+``config.data.classes`` (default: the six in ../shared/data/quickdraw_bitmap), with per-class
+validation/test hold-outs.
 
 Recipe: the MNIST VGG-5 one (Adam 0.005, batch 100, plateau restarts lr <- 0.005 * U**3 on validation),
-30 epochs (there is no reference schedule for Quick Draw). Measured: (to be filled.)
+30 epochs (there is no reference schedule for Quick Draw). Measured: not yet run.
 """
 
 from spinal_jax.config import base_config, data_config, parse_arg

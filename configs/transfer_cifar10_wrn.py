@@ -1,12 +1,13 @@
-"""Transfer learning on CIFAR-10 (spec §2.7, ``Transfer_Learning_CIFAR10.py``): an ImageNet-pretrained
-Wide-ResNet-101-2 with a spinal head, every layer fine-tuned.
+"""Transfer learning on CIFAR-10 (docs/SPINALNET.md, Transfer learning;
+``Transfer_Learning_CIFAR10.py``): an ImageNet-pretrained Wide-ResNet-101-2 with a spinal head, every
+layer fine-tuned.
 ``configs/transfer_cifar10_wrn.py[:DATASET][,HEAD][,MODE]``: DATASET cifar10 (tfds, needs
 cifar-10-binary.tar.gz) | cifar10_jpeg (the JPEG copy in shared/data); HEAD spinal (default) | default
 (torchvision's Linear fc); MODE full (default, the reference's) | linear_probe | separate_lr.
 Pass the converted weights: ``--config.pretrained=ckpt/wrn101`` (docs/transfer_learning.md).
 
 Recipe: head = SpinalNet w=20 (halves of the 2048 pooled features, 4 layers, dropout 0.5 + BatchNorm:
-"20x4 neurons, dropout+BN"; 84,170 parameters, spec §1.4's 84,010 without BN); SGD momentum 0.9,
+"20x4 neurons, dropout+BN"; 84,170 parameters, 84,010 without the BatchNorm ones); SGD momentum 0.9,
 lr 1e-3, StepLR(7, 0.1) per epoch, no weight decay, batch 28, 50 epochs; images resized to 256
 (train: + pad-4 crop and flip; the reference resizes to 272, rotates +-15 degrees and crops 256),
 CIFAR-100 normalisation statistics.

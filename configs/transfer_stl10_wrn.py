@@ -1,5 +1,6 @@
-"""Transfer learning on STL-10 (spec §2.7, ``Transfer_Learning_STL10.py``): an ImageNet-pretrained
-Wide-ResNet-101-2 with a spinal head, every layer fine-tuned.
+"""Transfer learning on STL-10 (docs/SPINALNET.md, Transfer learning;
+``Transfer_Learning_STL10.py``): an ImageNet-pretrained Wide-ResNet-101-2 with a spinal head, every
+layer fine-tuned.
 ``configs/transfer_stl10_wrn.py[:HEAD][,MODE]``: HEAD spinal (default) | default (Linear fc); MODE full
 (default, the reference's) | linear_probe | separate_lr. Pass the converted weights with
 ``--config.pretrained=ckpt/wrn101`` (docs/transfer_learning.md). Needs tfds' ``stl10`` prepared
