@@ -46,7 +46,7 @@ SUITES = {
         ),
     ],
 }
-# The headline workload alone: ResNet-50 + spinal head against torch.compile + AMP.
+# The headline workload alone: ResNet-50 + spinal head against torch.compile + AMP.
 SUITES["resnet50_spinal"] = [
     ("resnet50_spinal", "compile", "resnet50:spinal", 256, "bfloat16", "step", "sgd")
 ]
