@@ -26,7 +26,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with one clear message for a ``--config.X`` override naming no field."""
+    """absl's flag parsing, with one clear message for a ``--config.X`` override naming no field and for
+    a config file that cannot be loaded."""
     try:
         return app.parse_flags_with_usage(argv)
     except (AttributeError, KeyError) as err:  # how ml_collections reports a missing field
@@ -38,6 +39,8 @@ def parse_flags(argv: list[str]) -> list[str]:
             "against the config file and docs/TRAINING.md (fields); new fields cannot be added from the "
             "command line."
         )
+    except (ValueError, OSError) as err:  # the config file's own checks (its :ARG), a missing file
+        sys.exit(f"Invalid --config: {err}")
 
 
 def main(argv: list[str]) -> None:
@@ -51,18 +54,16 @@ def main(argv: list[str]) -> None:
     package_log.setLevel(std_logging.INFO)
     package_log.addHandler(handler)
     package_log.propagate = False
-    from spinal_jax import config as config_lib
     from spinal_jax import distributed, training
+    from spinal_jax.errors import UserError, exit_with_message
 
     try:
-        config_lib.validate_config(FLAGS.config)
-    except ValueError as err:
-        sys.exit(f"Invalid config: {err}")
-    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    try:
+        distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
         summary = training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except UserError as err:
+        exit_with_message(err, "Invalid setup")
     except FloatingPointError as err:
-        sys.exit(f"Training stopped: {err}")
+        exit_with_message(err, "Training stopped")
     print(json.dumps(summary, indent=2))
 
 

@@ -1,19 +1,33 @@
-"""Orbax checkpoints of a training run: latest K plus the best, exact resume, fallback, warm start.
+"""Orbax checkpoints of a training run: latest K plus the best, sealed with checksums, exact resume.
 
 Layout inside a workdir::
 
-    checkpoints/<step>/{state,data,loop}   latest K (every N steps and every epoch end)
-    best/<step>/{state,data,loop}          the checkpoint with the best validation accuracy
+    checkpoints/<step>/{state,data,loop,SHA256SUMS}   latest K (every N steps and every epoch end)
+    best/<step>/{state,data,loop,SHA256SUMS}          the checkpoint with the best validation accuracy
+    damaged/<kind>-<step>-<UTC time>/                 checkpoints that failed verification, moved aside
 
-Each checkpoint is an ``ocp.args.Composite`` of the unreplicated train state (host numpy arrays, so
-in a multi-process run the primary process writes them once), the data iterators' states (JSON, one
-entry per process) and the loop state (JSON: epoch, history, plateau rule).
+Each checkpoint is an ``ocp.args.Composite`` of the unreplicated train state (host numpy arrays, so in a
+multi-process run the primary process writes them once), the data iterators' states (JSON, one entry per
+process) and the loop state (JSON: step, history, plateau rule, timing). Everything handed to a save is a
+snapshot taken when :meth:`Checkpoints.save` is called, so an asynchronous write stores exactly the step
+it is named after.
+
+Once Orbax has finished a step, its files are hashed into ``SHA256SUMS`` inside the step folder (written
+atomically). A restore verifies every file first: a step without a seal (the run stopped while writing
+it) or with any mismatch is moved to ``damaged/`` with a warning naming it, and the previous step is
+tried; the retrained step is then saved in its place.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import logging
+import os
+import shutil
+import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,18 +37,22 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import serialization
 
+from spinal_jax.errors import UserError
+
 log = logging.getLogger(__name__)
+SEAL = "SHA256SUMS"
+DAMAGED = "damaged"
 
 
 def state_to_host(state: Any) -> dict[str, Any]:
-    """The pytree of a (unreplicated) TrainState as a nested dict of numpy arrays."""
-    return jax.tree.map(np.asarray, serialization.to_state_dict(jax.device_get(state)))
+    """The pytree of a (unreplicated) TrainState as a nested dict of numpy arrays (copies)."""
+    return jax.tree.map(lambda x: np.array(x, copy=True), serialization.to_state_dict(jax.device_get(state)))
 
 
 def gather_json(obj: Any) -> list[Any]:
     """``obj`` from every process, in process order (a collective: every process must call it)."""
     if jax.process_count() == 1:
-        return [obj]
+        return [copy.deepcopy(obj)]
     from jax.experimental import multihost_utils
 
     data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
@@ -48,6 +66,46 @@ def gather_json(obj: Any) -> list[Any]:
     ]
 
 
+# -- seals: checksums of every file of a finished step ---------------------------------------------------
+
+
+def _file_digests(step_dir: Path) -> dict[str, str]:
+    digests = {}
+    for path in sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != SEAL):
+        digests[path.relative_to(step_dir).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
+
+
+def seal(step_dir: Path) -> None:
+    """Write ``step_dir/SHA256SUMS`` (``sha256  relative/path`` lines) atomically."""
+    lines = [f"{digest}  {name}\n" for name, digest in _file_digests(step_dir).items()]
+    tmp = step_dir / f".{SEAL}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(lines)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, step_dir / SEAL)
+
+
+def verify(step_dir: Path) -> str | None:
+    """None when every file of ``step_dir`` matches its seal; otherwise what is wrong, in words."""
+    seal_path = step_dir / SEAL
+    if not seal_path.is_file():
+        return "it has no checksum file (the run stopped while it was being written)"
+    try:
+        expected = dict(
+            reversed(line.rstrip("\n").split("  ", 1)) for line in seal_path.read_text().splitlines()
+        )
+    except (ValueError, UnicodeDecodeError):
+        return f"its {SEAL} is unreadable"
+    actual = _file_digests(step_dir)
+    missing = sorted(set(expected) - set(actual))
+    changed = sorted(name for name in expected if name in actual and actual[name] != expected[name])
+    if missing or changed:
+        return f"files differ from their checksums (changed: {changed[:3]}, missing: {missing[:3]})"
+    return None
+
+
 class Checkpoints:
     """The latest-K and best checkpoint managers of one workdir.
 
@@ -59,16 +117,14 @@ class Checkpoints:
 
     def __init__(self, workdir: str | Path, keep: int = 2, use_async: bool = True):
         workdir = Path(workdir).resolve()
+        self.workdir = workdir
         self.latest_dir = workdir / "checkpoints"
         self.best_dir = workdir / "best"
-
-        def options(max_to_keep: int) -> ocp.CheckpointManagerOptions:
-            return ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=use_async
-            )
-
-        self.latest = ocp.CheckpointManager(self.latest_dir, options=options(keep))
-        self.best = ocp.CheckpointManager(self.best_dir, options=options(1))
+        self.use_async = use_async
+        self.latest = ocp.CheckpointManager(self.latest_dir, options=_options(keep, use_async))
+        self.best = ocp.CheckpointManager(self.best_dir, options=_options(1, use_async))
+        self._sealer: threading.Thread | None = None
+        self._seal_error: BaseException | None = None
 
     def save(
         self,
@@ -80,23 +136,49 @@ class Checkpoints:
         latest: bool = True,
     ) -> None:
         """Save at ``step`` (to the best manager too when ``best``; only there when not ``latest``);
-        ``data_state`` is this process's."""
-        host_state = state_to_host(state)
+        ``data_state`` is this process's. All three are copied before this returns."""
+        self.wait()
         args = ocp.args.Composite(
-            state=ocp.args.StandardSave(host_state),
+            state=ocp.args.StandardSave(state_to_host(state)),
             data=ocp.args.JsonSave({"per_process": gather_json(data_state)}),
-            loop=ocp.args.JsonSave(loop_state),
+            loop=ocp.args.JsonSave(json.loads(json.dumps(loop_state))),
         )
         managers = ([self.latest] if latest else []) + ([self.best] if best else [])
+        written = []
         for manager in managers:
             if step not in manager.all_steps():
                 manager.save(step, args=args, force=True)
+                written.append(manager)
+        if not written:
+            return
+        if self.use_async:
+            self._sealer = threading.Thread(target=self._seal_when_done, args=(written, step), daemon=True)
+            self._sealer.start()
+        else:
+            self._seal_when_done(written, step)
+
+    def _seal_when_done(self, managers: list[ocp.CheckpointManager], step: int) -> None:
+        try:
+            for manager in managers:
+                manager.wait_until_finished()
+                if jax.process_index() == 0:
+                    seal(Path(manager.directory) / str(step))
+        except BaseException as err:  # re-raised in the main thread by wait()
+            self._seal_error = err
 
     def wait(self) -> None:
+        """Block until every save has been written and sealed."""
+        if self._sealer is not None:
+            self._sealer.join()
+            self._sealer = None
         self.latest.wait_until_finished()
         self.best.wait_until_finished()
+        if self._seal_error is not None:
+            err, self._seal_error = self._seal_error, None
+            raise err
 
     def close(self) -> None:
+        self.wait()
         self.latest.close()
         self.best.close()
 
@@ -104,48 +186,91 @@ class Checkpoints:
         return self.latest.latest_step()
 
     def restore(self, template: Any, which: str = "latest") -> tuple[Any, Any, dict[str, Any], int] | None:
-        """Newest readable checkpoint of ``which`` ('latest' | 'best') restored onto ``template``.
+        """Newest verified checkpoint of ``which`` ('latest' | 'best') restored onto ``template``.
 
         Returns ``(state, data_state_of_this_process, loop_state, step)`` or None when there is none.
-        A checkpoint that cannot be read (truncated, corrupted, partly written) is skipped with a
-        warning, and the one before it is tried.
+        A checkpoint that fails verification or cannot be read is moved to ``damaged/`` with a warning,
+        and the one before it is tried.
         """
         manager = self.latest if which == "latest" else self.best
         host_template = state_to_host(template)
         for step in sorted(manager.all_steps(), reverse=True):
+            step_dir = Path(manager.directory) / str(step)
             try:
-                restored = manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(host_template),
-                        data=ocp.args.JsonRestore(),
-                        loop=ocp.args.JsonRestore(),
-                    ),
-                )
+                problem = verify(step_dir)
+                if problem is not None:
+                    raise ValueError(problem)
+                restored = manager.restore(step, args=_restore_args(host_template))
                 state = serialization.from_state_dict(template, restored.state)
                 _check_finite(state, step)
             except Exception as err:  # any failure to read means: use the previous checkpoint
-                warnings.warn(
-                    f"Checkpoint {manager.directory}/{step} could not be restored ({type(err).__name__}: "
-                    f"{str(err)[:300]}); falling back to the previous checkpoint.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+                self._set_aside(manager, step, err)
                 continue
             per_process = restored.data["per_process"]
             if len(per_process) != jax.process_count():
-                raise ValueError(
-                    f"Checkpoint {manager.directory}/{step} was written by {len(per_process)} processes, "
-                    f"this run has {jax.process_count()}: resume with the same number of processes."
+                raise UserError(
+                    f"Checkpoint {step_dir} was written by {len(per_process)} processes, this run has "
+                    f"{jax.process_count()}: resume with the same number of processes."
                 )
             return state, per_process[jax.process_index()], dict(restored.loop), step
         return None
+
+    def _set_aside(self, manager: ocp.CheckpointManager, step: int, err: Exception) -> None:
+        """Warn, move the step folder to ``damaged/`` (process 0) and reload the manager."""
+        kind = Path(manager.directory).name
+        target = self.workdir / DAMAGED / f"{kind}-{step}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        warnings.warn(
+            f"Checkpoint {manager.directory}/{step} is damaged ({str(err)[:300]}); moved to {target} and "
+            "falling back to the previous checkpoint.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(Path(manager.directory) / str(step)), str(target))
+        _barrier(f"set_aside_{kind}_{step}")
+        manager.reload()
+
+
+def _options(max_to_keep: int, use_async: bool) -> ocp.CheckpointManagerOptions:
+    return ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep,
+        create=True,
+        enable_async_checkpointing=use_async,
+        cleanup_tmp_directories=True,
+    )
+
+
+def _restore_args(host_template: Any) -> ocp.args.Composite:
+    return ocp.args.Composite(
+        state=ocp.args.StandardRestore(host_template),
+        data=ocp.args.JsonRestore(),
+        loop=ocp.args.JsonRestore(),
+    )
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _check_finite(state: Any, step: int) -> None:
     for leaf in jax.tree.leaves(state.params):
         if not np.all(np.isfinite(leaf)):
             raise ValueError(f"non-finite parameters in the checkpoint of step {step}")
+
+
+def _find_step_dir(path: Path) -> Path | None:
+    """A step folder under ``path`` (a workdir, a ``checkpoints``/``best`` folder or a step folder)."""
+    for folder in (path / "best", path / "checkpoints", path):
+        if (folder / "state").is_dir():
+            return folder
+        found = sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit() and (p / "state").is_dir())
+        if found:
+            return folder / str(found[-1])
+    return None
 
 
 def load_params(path: str | Path, template: Any) -> Any:
@@ -155,21 +280,15 @@ def load_params(path: str | Path, template: Any) -> Any:
     (its newest step) or one step folder. Optimiser state, step and RNG stay the template's.
     """
     path = Path(path).resolve()
-    candidates = [path / "best", path / "checkpoints", path]
-    step_dir = None
-    for folder in candidates:
-        if (folder / "state").is_dir():
-            step_dir = folder
-            break
-        steps = sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit() and (p / "state").is_dir())
-        if steps:
-            step_dir = folder / str(steps[-1])
-            break
+    step_dir = _find_step_dir(path)
     if step_dir is None:
-        raise FileNotFoundError(
+        raise UserError(
             f"config.init_from={str(path)!r} holds no checkpoint: give a workdir, its 'checkpoints' or "
             "'best' folder, or a step folder containing 'state'."
         )
+    problem = verify(step_dir) if (step_dir / SEAL).exists() else None
+    if problem is not None:
+        raise UserError(f"config.init_from: checkpoint {step_dir} is damaged ({problem}); use another step.")
     with ocp.StandardCheckpointer() as checkpointer:
         restored = checkpointer.restore(step_dir / "state")
     params = serialization.from_state_dict(template.params, restored["params"])
@@ -178,12 +297,21 @@ def load_params(path: str | Path, template: Any) -> Any:
         ("params", params, template.params),
         ("batch_stats", batch_stats, template.batch_stats),
     ):
-        new_shapes = jax.tree.map(np.shape, new)
-        old_shapes = jax.tree.map(np.shape, old)
-        if new_shapes != old_shapes:
-            raise ValueError(
+        if jax.tree.map(np.shape, new) != jax.tree.map(np.shape, old):
+            raise UserError(
                 f"config.init_from={str(path)!r}: its {name} do not fit this model (shapes differ); "
                 "warm-start from a run of the same model, head and class count."
             )
     log.info("Warm-started params and batch_stats from %s", step_dir)
     return template.replace(params=params, batch_stats=batch_stats)
+
+
+def final_params(workdir: str | Path) -> Any:
+    """The parameters of ``workdir``'s latest checkpoint as host arrays (for comparisons and export)."""
+    latest = Path(workdir).resolve() / "checkpoints"
+    with ocp.CheckpointManager(latest) as manager:
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"No checkpoint under {latest}.")
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return restored.state["params"]

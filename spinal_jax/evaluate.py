@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jax
 import ml_collections
 from flax import jax_utils
 
-from spinal_jax import checkpoints, finetune, steps, training
+from spinal_jax import build, checkpoints, sources, steps
+from spinal_jax.errors import UserError, run_cli
 
 
 def evaluate_workdir(
@@ -24,33 +24,35 @@ def evaluate_workdir(
     workdir = Path(workdir).resolve()
     config_path = workdir / "config.json"
     if not config_path.exists():
-        raise FileNotFoundError(f"{workdir} holds no config.json: is it a spinal_jax training workdir?")
+        raise UserError(f"{workdir} holds no config.json: give the --workdir of a spinal_jax training run.")
     config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
     if pipeline is None:
         from spinal_jax.data import create_input_pipeline
 
         pipeline = create_input_pipeline(config.data)
     if split not in pipeline.num_examples or pipeline.num_examples[split] == 0:
-        raise ValueError(f"Split {split!r} is empty or unknown; splits: {sorted(pipeline.num_examples)}.")
+        raise UserError(f"Split {split!r} is empty or unknown; splits: {sorted(pipeline.num_examples)}.")
     num_classes = config.model.num_classes or pipeline.num_classes
     if model is None:
-        model = training.create_model(config, num_classes)
-    tx = finetune.create_optimizer(config, float(config.optim.learning_rate))  # the run's opt_state layout
-    template = steps.create_train_state(jax.random.PRNGKey(0), model, pipeline.image_shape, tx)
+        model = build.build_model(config, num_classes)
+    template, _ = build.build_train_state(
+        config, model, pipeline.image_shape, pipeline.steps_per_epoch, pipeline.global_batch_size
+    )
     ckpt = checkpoints.Checkpoints(workdir, use_async=False)
     restored = ckpt.restore(template, which=which)
     if restored is None and which == "best":
         restored = ckpt.restore(template, which="latest")
     ckpt.close()
     if restored is None:
-        raise FileNotFoundError(f"No readable checkpoint in {workdir}/best or {workdir}/checkpoints.")
+        raise UserError(f"No readable checkpoint in {workdir}/best or {workdir}/checkpoints: train first.")
     state, _, _, step = restored
-    result = training.evaluate(steps.pmap_eval_step(), jax_utils.replicate(state), pipeline, split)
+    p_state = jax_utils.replicate(state)
+    result = sources.evaluate_pipeline(steps.pmap_eval_step(), p_state, pipeline, split)
     return {"workdir": str(workdir), "checkpoint_step": step, "split": split, **result}
 
 
 def main() -> None:
-    from absl import app, flags
+    from absl import app, flags, logging
 
     flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
     flags.DEFINE_string("split", "test", "validation | test | train.")
@@ -58,8 +60,10 @@ def main() -> None:
 
     def run(argv: list[str]) -> None:
         del argv
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
         f = flags.FLAGS
-        print(json.dumps(evaluate_workdir(f.workdir, f.split, f.which), indent=2))
+        result = run_cli(lambda: evaluate_workdir(f.workdir, f.split, f.which))
+        print(json.dumps(result, indent=2))
 
     app.run(run)
 

@@ -40,13 +40,18 @@ class MetricWriter:
       enabled: False on processes other than 0: every method is then a no-op.
       tensorboard: False: ``metrics.jsonl`` only (tensorboardX is not imported). Without tensorboardX
         installed the writer warns once and writes ``metrics.jsonl`` only.
+      resume_step: the step the run continues from: rows of later steps (written before an interrupt,
+        and about to be written again) are dropped from ``metrics.jsonl``.
     """
 
-    def __init__(self, workdir: str | Path, enabled: bool = True, tensorboard: bool = True):
+    def __init__(
+        self, workdir: str | Path, enabled: bool = True, tensorboard: bool = True, resume_step: int = 0
+    ):
         self.enabled = enabled
         self.workdir = Path(workdir)
         self._tb = None
         if enabled:
+            keep_rows_up_to(self.workdir / "metrics.jsonl", resume_step)
             if tensorboard:
                 try:
                     self._tb = _summary_writer_class()(str(self.workdir / "tb"))
@@ -73,6 +78,24 @@ class MetricWriter:
             self._jsonl.close()
             if self._tb is not None:
                 self._tb.close()
+
+
+def keep_rows_up_to(path: Path, step: int) -> None:
+    """Rewrite ``path`` (atomically) with its rows of steps ``<= step``, one per (step, kind): the last."""
+    if not path.exists():
+        return
+    rows: dict[tuple[int, str], str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill
+            continue
+        if row.get("step", 0) <= step:
+            rows.pop((row.get("step"), row.get("kind")), None)
+            rows[(row.get("step"), row.get("kind"))] = line
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in rows.values()), encoding="utf-8")
+    tmp.replace(path)
 
 
 def _json_float(value: Any) -> Any:

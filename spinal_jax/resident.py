@@ -33,6 +33,7 @@ import jax
 import numpy as np
 
 from spinal_jax import steps
+from spinal_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +62,6 @@ class ResidentData:
         label_smoothing: float = 0.0,
         augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
     ):
-        config = pipe.config
-        if config.get("augment_on") != "device":
-            raise ValueError(
-                "data.device_resident=True needs data.augment_on='device' (the data never leaves the "
-                "devices)."
-            )
         local, processes, index = pipe.local_device_count, pipe.process_count, pipe.process_index
         if local != jax.local_device_count() or processes != jax.process_count():
             raise ValueError(
@@ -74,13 +69,43 @@ class ResidentData:
                 f"has {jax.process_count()} x {jax.local_device_count()}."
             )
         self.pipe = pipe
-        self.seed = int(config.seed)
+        self.seed = int(pipe.config.seed)
         self.steps_per_epoch = pipe.steps_per_epoch
         self.num_train = pipe.num_examples["train"]
         self.splits = tuple(s for s in splits if pipe.num_examples.get(s, 0) > 0)
         self._step = 0
         start = time.perf_counter()
 
+        norm, nbytes = self._load_train(pipe, local, index, processes)
+        nbytes += self._load_eval(pipe, local, index, processes)
+        self._check_memory(nbytes)
+        log.info(
+            "Device-resident data: %d train + %s eval examples, %.1f MB per device, loaded in %.1f s",
+            self.num_train,
+            {s: pipe.num_examples[s] for s in self.splits},
+            nbytes / 1e6,
+            time.perf_counter() - start,
+        )
+
+        self._epoch = steps.pmap_train_epoch(
+            seed=self.seed,
+            steps_per_epoch=self.steps_per_epoch,
+            batch_size=pipe.per_device_batch_size,
+            stride=pipe.global_batch_size // processes,
+            label_smoothing=float(label_smoothing),
+            augment=augment,
+            **norm,
+        )
+        self._eval = (
+            steps.pmap_eval_resident(
+                num_splits=len(self.splits), batch_size=pipe.per_device_eval_batch_size, **norm
+            )
+            if self.splits
+            else None
+        )
+
+    def _load_train(self, pipe: Any, local: int, index: int, processes: int) -> tuple[dict[str, Any], int]:
+        """Put the train split on every local device; returns the normalisation and its bytes."""
         images, labels = pipe.device_split("train", normalize=False)
         if len(labels) != self.num_train:
             raise RuntimeError(
@@ -100,23 +125,27 @@ class ResidentData:
             }
         )
         self.offsets = steps.on_devices(offsets)
-        nbytes = images.nbytes + labels.nbytes
+        self._dtype = images.dtype
+        return norm, images.nbytes + labels.nbytes
 
+    def _load_eval(self, pipe: Any, local: int, index: int, processes: int) -> int:
+        """Put the evaluated splits, padded and sharded, on the devices; returns the bytes per device."""
         self.eval_data = None
+        nbytes = 0
         eval_batch = pipe.per_device_eval_batch_size
         if self.splits:
             parts = [pipe.device_split(s, normalize=False) for s in self.splits]
             for split, (_, y) in zip(self.splits, parts, strict=True):
                 if len(y) != pipe.num_examples[split]:
                     raise RuntimeError(f"device_split({split!r}) gave {len(y)} examples.")
-            eval_images = np.concatenate([x.astype(images.dtype) for x, _ in parts])
+            eval_images = np.concatenate([x.astype(self._dtype) for x, _ in parts])
             eval_labels = np.concatenate([y for _, y in parts])
             split_ids = np.concatenate([np.full(len(y), i, np.int32) for i, (_, y) in enumerate(parts)])
             devices = local * processes
             per_dev = math.ceil(math.ceil(len(eval_labels) / devices) / eval_batch) * eval_batch
             total = per_dev * devices
             pad = total - len(eval_labels)
-            eval_images = np.concatenate([eval_images, np.zeros((pad, *eval_images.shape[1:]), images.dtype)])
+            eval_images = np.concatenate([eval_images, np.zeros((pad, *eval_images.shape[1:]), self._dtype)])
             eval_labels = np.concatenate([eval_labels, np.zeros(pad, np.int32)])
             split_ids = np.concatenate([split_ids, np.full(pad, -1, np.int32)])
             mine = slice(index * local * per_dev, (index + 1) * local * per_dev)
@@ -125,36 +154,14 @@ class ResidentData:
                 {k: v.reshape(local, per_dev, *v.shape[1:]) for k, v in shard.items()}
             )
             nbytes += sum(v[mine].nbytes for v in (eval_images, eval_labels, split_ids)) // local
-        self._check_memory(nbytes)
-        log.info(
-            "Device-resident data: %d train + %s eval examples, %.1f MB per device, loaded in %.1f s",
-            self.num_train,
-            {s: pipe.num_examples[s] for s in self.splits},
-            nbytes / 1e6,
-            time.perf_counter() - start,
-        )
-
-        self._epoch = steps.pmap_train_epoch(
-            seed=self.seed,
-            steps_per_epoch=self.steps_per_epoch,
-            batch_size=per_device,
-            stride=per_process,
-            label_smoothing=float(label_smoothing),
-            augment=augment,
-            **norm,
-        )
-        self._eval = (
-            steps.pmap_eval_resident(num_splits=len(self.splits), batch_size=eval_batch, **norm)
-            if self.splits
-            else None
-        )
+        return nbytes
 
     @staticmethod
     def _check_memory(nbytes: int) -> None:
         stats = jax.local_devices()[0].memory_stats() or {}
         limit = stats.get("bytes_limit")
         if limit and nbytes > MAX_MEMORY_FRACTION * limit:
-            raise ValueError(
+            raise UserError(
                 f"data.device_resident=True would keep {nbytes / 2**30:.1f} GiB of data on each device "
                 f"(limit {MAX_MEMORY_FRACTION:.0%} of its {limit / 2**30:.1f} GiB): use "
                 "data.device_resident=False (the host pipeline) for this data set."
@@ -180,9 +187,17 @@ class ResidentData:
         self._step = (epoch + 1) * self.steps_per_epoch
         return p_state, metrics
 
+    @property
+    def steps_per_call(self) -> int:
+        return self.steps_per_epoch
+
+    def train(self, p_state: Any, step: int) -> tuple[Any, dict[str, jax.Array]]:
+        """The epoch that starts at ``step`` (a multiple of ``steps_per_epoch``); see :meth:`train_epoch`."""
+        return self.train_epoch(p_state, step // self.steps_per_epoch)
+
     def evaluate(self, p_state: Any) -> dict[str, dict[str, float]]:
         """``{split: {accuracy, top5, loss, count}}`` over every example of each evaluated split (the
-        values :func:`spinal_jax.training.evaluate` gives)."""
+        values :func:`spinal_jax.sources.evaluate_pipeline` gives)."""
         if self._eval is None:
             return {}
         sums = jax.device_get(self._eval(p_state, self.eval_data))

@@ -4,138 +4,416 @@ One process per host feeds its own shard of every global batch to its local devi
 (:mod:`spinal_jax.steps`) averages gradients over all devices of all processes. After every epoch the
 validation and test splits are evaluated over every example, the plateau rule (if enabled) reacts to
 the monitored accuracy, and a checkpoint is written (:mod:`spinal_jax.checkpoints`). A restarted run
-resumes from the workdir's latest readable checkpoint.
+resumes from the workdir's latest verified checkpoint.
+
+The loop's state is explicit: :class:`LoopState` (checkpointed with every save), :class:`Run` (set up
+once) and :class:`Progress` (host bookkeeping since this process started). Every function below takes
+them as arguments; none keeps state of its own.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
-import shutil
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import jax_utils
 
-from spinal_jax import checkpoints, finetune, optim, steps
+from spinal_jax import build, checkpoints, finetune, optim, sources, steps
 from spinal_jax import config as config_lib
 from spinal_jax import metrics as metrics_lib
+from spinal_jax import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 PLOT_EVERY_SECONDS = 30.0  # learning curves are redrawn at most this often (and at the end)
 
 
-def per_device_batch_size(global_batch: int, local_devices: int, processes: int) -> int:
-    """``global_batch / (local_devices * processes)``; a ValueError saying how to fix it otherwise."""
-    devices = local_devices * processes
-    if global_batch <= 0 or global_batch % devices:
-        raise ValueError(
-            f"config.data.batch_size={global_batch} (the global batch) must be a positive multiple of the "
-            f"{devices} devices ({processes} process(es) x {local_devices} local devices); e.g. use "
-            f"--config.data.batch_size={max(1, round(global_batch / devices)) * devices}."
-        )
-    return global_batch // devices
+# ---------------------------------------------------------------------------------------------------------
+# The loop's state
+# ---------------------------------------------------------------------------------------------------------
 
 
-def create_model(config: ml_collections.ConfigDict, num_classes: int) -> Any:
-    """The configured model, with cross-device BatchNorm over :data:`steps.AXIS` and ``config.dtype``."""
-    from spinal_jax.models import create_model as registry_create
+@dataclasses.dataclass
+class LoopState:
+    """What the loop carries from step to step and across resumes; stored as JSON in every checkpoint.
 
-    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else None
-    kwargs = config.model.get("kwargs")
-    return registry_create(
-        config.model.name,
-        num_classes,
-        head=config.model.head,
-        dtype=dtype,
-        bn_axis_name=steps.AXIS,
-        **(kwargs.to_dict() if kwargs else {}),
+    ``epoch_sums`` are the sums (loss, accuracy, steps) of this epoch's logged train steps;
+    ``train_seconds`` is the training wall time up to ``step`` (evaluation and bookkeeping included),
+    ``epoch_start_seconds`` its value when the current epoch began.
+    """
+
+    step: int = 0
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    best_validation: float | None = None
+    epoch_sums: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.0, 0])
+    plateau: dict[str, Any] = dataclasses.field(default_factory=dict)
+    train_seconds: float = 0.0
+    epoch_start_seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """A deep copy as plain JSON types (a snapshot: later changes to ``self`` do not reach it)."""
+        return copy.deepcopy(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, stored: dict[str, Any]) -> LoopState:
+        names = {f.name for f in dataclasses.fields(cls)}
+        loop = cls(**{k: copy.deepcopy(v) for k, v in stored.items() if k in names})
+        if "train_seconds" not in stored and loop.history:  # written before timing was checkpointed
+            loop.train_seconds = loop.epoch_start_seconds = float(loop.history[-1]["train_seconds_total"])
+        return loop
+
+
+@dataclasses.dataclass
+class Run:
+    """What one call of :func:`train_and_evaluate` sets up once."""
+
+    config: ml_collections.ConfigDict
+    workdir: Path
+    pipe: Any
+    source: Any  # a spinal_jax.sources data source
+    ckpt: checkpoints.Checkpoints
+    writer: metrics_lib.MetricWriter
+    plateau: optim.PlateauRule
+    total_steps: int
+    steps_per_epoch: int
+    splits: list[str]
+    num_classes: int
+    is_chief: bool
+    compile_seconds: float | None = None
+    bar: Any = None
+
+
+@dataclasses.dataclass
+class Progress:
+    """Host bookkeeping of this process (not checkpointed): metrics not yet pulled from the devices,
+    the last saved step, a best epoch held for the next save, and the clocks."""
+
+    started: float
+    carried_seconds: float
+    rate_since: tuple[float, int]
+    last_saved: int | None = None
+    pending: list[dict[str, jax.Array]] = dataclasses.field(default_factory=list)
+    held_best: tuple[Any, ...] | None = None
+    plotted: tuple[float, int] = (0.0, 0)
+
+    def train_seconds(self) -> float:
+        return self.carried_seconds + time.perf_counter() - self.started
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Setup
+# ---------------------------------------------------------------------------------------------------------
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str | Path, pipeline: Any = None, model: Any = None
+) -> dict[str, Any]:
+    """Train ``config`` in ``workdir`` (resuming from its latest checkpoint) and return the summary.
+
+    Args:
+      config: a config built on :func:`spinal_jax.config.base_config`.
+      workdir: where checkpoints, logs, curves and ``summary.json`` go.
+      pipeline: an input pipeline with the ``spinal_jax.data`` interface; built from ``config.data``
+        when None.
+      model: a Linen module following the spinal_jax model convention (``bn_axis_name='batch'`` for
+        synchronised BatchNorm); built from ``config.model`` when None.
+
+    Returns:
+      The summary (see :func:`spinal_jax.metrics.summarize`) plus ``status``: 'finished' or
+      'interrupted' (a SIGTERM / Ctrl-C saved a checkpoint; rerun the same command to resume).
+
+    Bad input (config, data, batch, workdir) raises :class:`spinal_jax.errors.UserError` before
+    anything is written to ``workdir``.
+    """
+    config_lib.validate_config(config)
+    workdir = Path(workdir).resolve()
+    build.per_device_batch_size(config.data.batch_size, jax.local_device_count(), jax.process_count())
+    if pipeline is None:
+        from spinal_jax.data import create_input_pipeline
+
+        pipeline = create_input_pipeline(config.data)
+    num_classes = config.model.num_classes or pipeline.num_classes
+    if model is None:
+        model = build.build_model(config, num_classes)
+    is_chief = jax.process_index() == 0
+    if is_chief:
+        workdir_lib.ensure_writable(workdir)
+    with workdir_lib.WorkdirLock(workdir, enabled=is_chief):
+        workdir_lib.prepare_workdir(config, workdir)
+        _barrier("prepare_workdir")
+        run, loop, progress, p_state = setup(config, workdir, pipeline, model, num_classes)
+        try:
+            status = train_loop(run, loop, progress, p_state)
+        finally:
+            run.bar.close()
+            run.ckpt.close()
+            run.writer.close()
+    return write_summary(run, loop, progress, status)
+
+
+def setup(
+    config: ml_collections.ConfigDict, workdir: Path, pipe: Any, model: Any, num_classes: int
+) -> tuple[Run, LoopState, Progress, Any]:
+    """The run's parts, the loop state (restored or fresh) and the replicated train state."""
+    spe = pipe.steps_per_epoch
+    total_steps = config.num_epochs * spe
+    if config.max_train_steps:
+        total_steps = min(total_steps, config.max_train_steps)
+    state, base_lr = build.build_train_state(config, model, pipe.image_shape, spe, pipe.global_batch_size)
+    ckpt = checkpoints.Checkpoints(workdir, keep=config.keep_checkpoints, use_async=config.async_checkpoints)
+    source = sources.create_source(config, pipe, total_steps)
+    plateau = optim.PlateauRule(
+        base_lr, config.plateau.power, config.seed, mode=config.plateau.mode, factor=config.plateau.factor
+    )
+    loop, state, restored = restore_or_initialize(config, ckpt, source, plateau, model, state)
+    is_chief = jax.process_index() == 0
+    writer = metrics_lib.MetricWriter(
+        workdir, enabled=is_chief, tensorboard=config.tensorboard, resume_step=loop.step
+    )
+    p_state = steps.on_devices(jax_utils.replicate(state))  # as pmap outputs: no recompilation later
+    compile_seconds = source.compile(p_state)
+    if compile_seconds is not None:
+        log.info("Compiled the epoch and the evaluation in %.1f s", compile_seconds)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_steps, initial=loop.step, disable=not is_chief, unit="step", dynamic_ncols=True)
+    splits = sources.eval_splits(config, pipe)
+    run = Run(config, workdir, pipe, source, ckpt, writer, plateau, total_steps, spe, splits, num_classes,
+              is_chief, compile_seconds, bar)  # fmt: skip
+    now = time.perf_counter()
+    progress = Progress(
+        started=now,
+        carried_seconds=loop.train_seconds,
+        rate_since=(now, loop.step),
+        last_saved=loop.step if restored else None,
+        plotted=(now, len(loop.history)),  # the first plot comes after PLOT_EVERY_SECONDS
+    )
+    return run, loop, progress, p_state
+
+
+def restore_or_initialize(
+    config: ml_collections.ConfigDict,
+    ckpt: checkpoints.Checkpoints,
+    source: Any,
+    plateau: optim.PlateauRule,
+    model: Any,
+    state: steps.TrainState,
+) -> tuple[LoopState, steps.TrainState, bool]:
+    """The newest verified checkpoint (loop, state, data position, plateau rule), else a fresh start
+    from ``state``, warm-started by ``config.init_from`` or ``config.pretrained``. The bool says
+    whether a checkpoint was restored."""
+    restored = ckpt.restore(state)
+    if restored is not None:
+        state, data_state, loop_json, step = restored
+        source.set_state(data_state)
+        loop = LoopState.from_json(loop_json)
+        plateau.load_state_dict(loop.plateau)
+        log.info("Resumed from %s/%d (epoch %d)", ckpt.latest_dir, step, step // source.pipe.steps_per_epoch)
+        return loop, state, True
+    if config.init_from:
+        state = checkpoints.load_params(config.init_from, state)
+    elif config.pretrained:
+        state = finetune.load_pretrained_state(config, model, state)
+    return LoopState(), state, False
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------------
+
+
+def train_loop(run: Run, loop: LoopState, progress: Progress, p_state: Any) -> str:
+    """Train until ``run.total_steps`` or a stop signal; returns 'finished' or 'interrupted'."""
+    chunk = run.source.steps_per_call
+    stop_every = chunk if chunk > 1 else run.config.log_every_steps
+    with _StopSignal() as stop:
+        while loop.step < run.total_steps:
+            p_state, step_metrics = run.source.train(p_state, loop.step)
+            progress.pending.append(step_metrics)
+            loop.step += chunk
+            run.bar.update(chunk)
+            if loop.step % run.config.log_every_steps == 0:
+                flush_metrics(run, loop, progress)
+            if loop.step % run.steps_per_epoch == 0:
+                p_state = end_epoch(run, loop, progress, p_state)
+            elif run.config.checkpoint_every_steps and loop.step % run.config.checkpoint_every_steps == 0:
+                save(run, loop, progress, p_state)
+            if _stop_agreed(stop, loop.step, stop_every):
+                if loop.step != progress.last_saved:
+                    save(run, loop, progress, p_state)
+                log.warning(
+                    "Signal %s: saved step %d to %s; run the same command again to resume.",
+                    stop.received,
+                    loop.step,
+                    run.ckpt.latest_dir,
+                )
+                return "interrupted"
+    if loop.step != progress.last_saved:
+        save(run, loop, progress, p_state)  # a run cut short by max_train_steps
+    if run.is_chief and progress.plotted[1] != len(loop.history):
+        plot(run, loop, progress)  # the epochs since the last plot
+    return "finished"
+
+
+def flush_metrics(run: Run, loop: LoopState, progress: Progress) -> None:
+    """Pull the pending step metrics to the host, stop on a non-finite loss, log their means."""
+    if not progress.pending:
+        return
+    host = jax.device_get(progress.pending)
+    progress.pending = []
+    # Device 0's values, one per step: a step's metrics are scalars, a scanned epoch's (steps,).
+    series = {k: np.concatenate([np.atleast_1d(m[k][0]) for m in host]) for k in host[0]}
+    n = len(series["loss"])
+    _stop_on_non_finite(run, progress, series, first_step=loop.step - n + 1)
+    loss = float(np.mean(series["loss"]))
+    acc = float(np.mean(series["accuracy"]))
+    sums = loop.epoch_sums
+    loop.epoch_sums = [sums[0] + loss * n, sums[1] + acc * n, sums[2] + n]
+    now = time.perf_counter()
+    since, since_step = progress.rate_since
+    rate = (loop.step - since_step) * run.pipe.global_batch_size / max(now - since, 1e-9)
+    progress.rate_since = (now, loop.step)
+    metrics = {
+        "loss": loss,
+        "accuracy": acc,
+        "learning_rate": float(series["learning_rate"][-1]),
+        "images_per_second": rate,
+    }
+    run.writer.write(loop.step, "train", metrics)
+    epoch = (loop.step - 1) // run.steps_per_epoch + 1
+    run.bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", acc=f"{acc:.4f}", img_s=f"{rate:.0f}")
+
+
+def _stop_on_non_finite(run: Run, progress: Progress, series: dict[str, np.ndarray], first_step: int) -> None:
+    bad = np.flatnonzero(~(np.isfinite(series["loss"]) & np.isfinite(series["grad_norm"])))
+    if not bad.size:
+        return
+    i = int(bad[0])
+    run.ckpt.wait()
+    if progress.last_saved is None:
+        kept = "No checkpoint was written yet."
+    else:
+        kept = f"The last good checkpoint (step {progress.last_saved}) is kept in {run.ckpt.latest_dir}."
+    step = first_step + i
+    raise FloatingPointError(
+        f"The training loss became {float(series['loss'][i])} (gradient norm "
+        f"{float(series['grad_norm'][i])}) at step {step} (epoch {(step - 1) // run.steps_per_epoch + 1}). "
+        f"Stopped. {kept} "
+        "Lower --config.optim.learning_rate (or add warm-up), or check the data for NaN/inf."
     )
 
 
-def _flat(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for key, sub in value.items():
-                walk(f"{prefix}{key}.", sub)
-        else:
-            out[prefix[:-1]] = value
-
-    walk("", json.loads(config.to_json_best_effort()))
-    return out
-
-
-def prepare_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
-    """Store the config as ``config.json``; refuse a workdir holding a run of a different config.
-
-    With ``config.overwrite`` the old run's checkpoints and logs are removed instead.
-    """
-    path = workdir / "config.json"
-    if path.exists():
-        stored = _flat(ml_collections.ConfigDict(json.loads(path.read_text())))
-        current = _flat(config)
-        keys = set(stored) | set(current)
-        differ = sorted(
-            k for k in keys if k not in config_lib.RESUMABLE_FIELDS and stored.get(k) != current.get(k)
-        )
-        if differ and not config.overwrite:
-            shown = ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in differ[:5])
-            raise ValueError(
-                f"Workdir {workdir} holds a run of a different config ({shown}). Use another --workdir, "
-                "or pass --config.overwrite=True to delete that run and start again."
-            )
-        if differ and jax.process_index() == 0:
-            log.warning("config.overwrite=True: deleting the previous run in %s", workdir)
-            for name in ("checkpoints", "best", "tb"):
-                shutil.rmtree(workdir / name, ignore_errors=True)
-            for name in ("metrics.jsonl", "summary.json", "learning_curves.png"):
-                (workdir / name).unlink(missing_ok=True)
-    if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        path.write_text(config.to_json_best_effort(indent=2))
-    _barrier("prepare_workdir")
+def end_epoch(run: Run, loop: LoopState, progress: Progress, p_state: Any) -> Any:
+    """Evaluate, record the epoch, apply the plateau rule, save (or hold a best epoch); returns the
+    state (with a new learning rate when the plateau rule changed it)."""
+    flush_metrics(run, loop, progress)
+    record = epoch_record(run, loop, progress, p_state)
+    loop.history.append(record)
+    loop.epoch_sums = [0.0, 0.0, 0]
+    loop.epoch_start_seconds = record["train_seconds_total"]
+    run.writer.write(loop.step, "epoch", record)
+    if run.is_chief:
+        log.info("epoch %d: %s", record["epoch"], json.dumps(record))
+        if loop.step >= run.total_steps or time.perf_counter() - progress.plotted[0] >= PLOT_EVERY_SECONDS:
+            plot(run, loop, progress)
+    if run.config.plateau.enabled:
+        p_state = apply_plateau_rule(run, record, p_state)
+    val = record.get("validation_accuracy")
+    best = val is not None and (loop.best_validation is None or val > loop.best_validation)
+    if best:
+        loop.best_validation = val
+    if record["epoch"] % run.config.checkpoint_every_epochs == 0 or loop.step >= run.total_steps:
+        save(run, loop, progress, p_state, best=best)
+    elif best:
+        hold_best(run, loop, progress, p_state)
+    progress.rate_since = (time.perf_counter(), loop.step)  # img/s counts training time only
+    return p_state
 
 
-def _barrier(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+def epoch_record(run: Run, loop: LoopState, progress: Progress, p_state: Any) -> dict[str, Any]:
+    """The epoch's line of ``history``: train means, learning rate, each split's results, timing."""
+    sums = loop.epoch_sums
+    record: dict[str, Any] = {"epoch": loop.step // run.steps_per_epoch, "step": loop.step}
+    if sums[2]:
+        record.update(train_loss=sums[0] / sums[2], train_accuracy=sums[1] / sums[2])
+    record["learning_rate"] = float(np.asarray(optim.current_learning_rate(p_state.opt_state))[0])
+    results = run.source.evaluate(p_state)
+    for split in run.splits:
+        record[f"{split}_accuracy"] = results[split]["accuracy"]
+        record[f"{split}_loss"] = results[split]["loss"]
+        if run.num_classes >= 100:
+            record[f"{split}_top5"] = results[split]["top5"]
+    total = progress.train_seconds()
+    record.update(epoch_seconds=total - loop.epoch_start_seconds, train_seconds_total=total)
+    if run.compile_seconds is not None:
+        record["compile_seconds"] = run.compile_seconds
+    return record
 
-        multihost_utils.sync_global_devices(name)
+
+def apply_plateau_rule(run: Run, record: dict[str, Any], p_state: Any) -> Any:
+    """The state with the learning rate the plateau rule picks after this epoch (unchanged if none)."""
+    monitored = record.get(f"{run.config.plateau.monitor}_accuracy")
+    if monitored is None:
+        raise ValueError(f"config.plateau.monitor={run.config.plateau.monitor!r} but that split is empty.")
+    new_lr = run.plateau.update(monitored, record["learning_rate"])
+    if new_lr is None:
+        return p_state
+    return steps.on_devices(p_state.replace(opt_state=optim.set_learning_rate(p_state.opt_state, new_lr)))
 
 
-def evaluate(p_eval: Callable[..., Any], p_state: Any, pipe: Any, split: str) -> dict[str, float]:
-    """Accuracy (top-1, top-5), mean loss and count over every example of ``split``.
+# ---------------------------------------------------------------------------------------------------------
+# Checkpoints, plots and the summary
+# ---------------------------------------------------------------------------------------------------------
 
-    Raises a RuntimeError when the pipeline's batches do not hold exactly ``num_examples[split]``
-    real examples.
-    """
-    totals = None
-    for batch in pipe.eval_batches(split):
-        sums = p_eval(p_state, batch)
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    if totals is None:
-        raise RuntimeError(f"The {split!r} split yielded no batches.")
-    totals = jax.tree.map(lambda x: float(np.asarray(x)[0]), jax.device_get(totals))
-    count = int(round(totals["count"]))
-    expected = pipe.num_examples[split]
-    if count != expected:
-        raise RuntimeError(f"Evaluated {count} examples of {split!r}, the split has {expected}.")
-    return {
-        "accuracy": totals["correct"] / count,
-        "top5": totals["correct_top5"] / count,
-        "loss": totals["loss_sum"] / count,
-        "count": count,
-    }
+
+def save(run: Run, loop: LoopState, progress: Progress, p_state: Any, best: bool = False) -> None:
+    """Checkpoint the current step (a snapshot of everything; the write itself may be asynchronous)."""
+    flush_metrics(run, loop, progress)
+    loop.plateau = run.plateau.state_dict()
+    loop.train_seconds = progress.train_seconds()
+    if progress.held_best is not None and not best:  # a better epoch since the last save goes to best/
+        run.ckpt.save(*progress.held_best, best=True, latest=False)
+    progress.held_best = None
+    state = jax_utils.unreplicate(p_state)
+    run.ckpt.save(loop.step, state, run.source.get_state(), loop.to_json(), best=best)
+    progress.last_saved = loop.step
+
+
+def hold_best(run: Run, loop: LoopState, progress: Progress, p_state: Any) -> None:
+    """Keep a best epoch that is not due for a checkpoint on the host; the next save writes it."""
+    loop.plateau = run.plateau.state_dict()
+    loop.train_seconds = progress.train_seconds()
+    host_state = jax.device_get(jax_utils.unreplicate(p_state))
+    progress.held_best = (loop.step, host_state, run.source.get_state(), loop.to_json())
+
+
+def plot(run: Run, loop: LoopState, progress: Progress) -> None:
+    metrics_lib.plot_learning_curves(loop.history, run.workdir / "learning_curves.png", run.config.model.name)
+    progress.plotted = (time.perf_counter(), len(loop.history))
+
+
+def write_summary(run: Run, loop: LoopState, progress: Progress, status: str) -> dict[str, Any]:
+    """The run's summary; written to ``summary.json`` (process 0) when the run finished."""
+    summary = metrics_lib.summarize(loop.history)
+    summary.update(status=status, step=loop.step, workdir=str(run.workdir))
+    summary.update(train_seconds_total=progress.train_seconds(), compile_seconds=run.compile_seconds)
+    if run.is_chief and status == "finished":
+        (run.workdir / "summary.json").write_text(json.dumps({**summary, "history": loop.history}, indent=2))
+        log.info("Summary: %s", json.dumps(summary))
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Signals and processes
+# ---------------------------------------------------------------------------------------------------------
 
 
 class _StopSignal:
@@ -158,249 +436,6 @@ class _StopSignal:
             signal.signal(sig, handler)
 
 
-def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str | Path, pipeline: Any = None, model: Any = None
-) -> dict[str, Any]:
-    """Train ``config`` in ``workdir`` (resuming from its latest checkpoint) and return the summary.
-
-    Args:
-      config: a config built on :func:`spinal_jax.config.base_config`.
-      workdir: where checkpoints, logs, curves and ``summary.json`` go.
-      pipeline: an input pipeline with the ``spinal_jax.data`` interface; built from ``config.data``
-        when None.
-      model: a Linen module following the spinal_jax model convention (``bn_axis_name='batch'`` for
-        synchronised BatchNorm); built from ``config.model`` when None.
-
-    Returns:
-      The summary (see :func:`spinal_jax.metrics.summarize`) plus ``status``: 'finished' or
-      'interrupted' (a SIGTERM / Ctrl-C saved a checkpoint; rerun the same command to resume).
-    """
-    config_lib.validate_config(config)
-    workdir = Path(workdir).resolve()
-    per_device_batch_size(config.data.batch_size, jax.local_device_count(), jax.process_count())
-    if pipeline is None:
-        from spinal_jax.data import create_input_pipeline
-
-        pipeline = create_input_pipeline(config.data)
-    pipe = pipeline
-    prepare_workdir(config, workdir)
-    is_chief = jax.process_index() == 0
-
-    num_classes = config.model.num_classes or pipe.num_classes
-    if model is None:
-        model = create_model(config, num_classes)
-    spe = pipe.steps_per_epoch
-    total_steps = config.num_epochs * spe
-    if config.max_train_steps:
-        total_steps = min(total_steps, config.max_train_steps)
-    base_lr = optim.base_learning_rate(config.optim, pipe.global_batch_size)
-    lr = optim.create_schedule(config.schedule, base_lr, spe, config.num_epochs)
-    tx = finetune.create_optimizer(config, base_lr if config.schedule.name == "constant" else lr)
-    state = steps.create_train_state(jax.random.PRNGKey(config.seed), model, pipe.image_shape, tx)
-    state = finetune.adapt_train_state(config, state)  # linear_probe: backbone BN statistics kept
-
-    ckpt = checkpoints.Checkpoints(workdir, keep=config.keep_checkpoints, use_async=config.async_checkpoints)
-    resident = _resident_data(config, pipe, total_steps)
-    train_iter = resident if resident is not None else pipe.train_iterator()
-    plateau = optim.PlateauRule(
-        base_lr, config.plateau.power, config.seed, mode=config.plateau.mode, factor=config.plateau.factor
-    )
-    loop: dict[str, Any] = {"step": 0, "history": [], "best_validation": None, "epoch_sums": [0.0, 0.0, 0]}
-    restored = ckpt.restore(state)
-    if restored is not None:
-        state, data_state, loop, step = restored
-        train_iter.set_state(data_state)
-        plateau.load_state_dict(loop["plateau"])
-        log.info("Resumed from %s/%d (epoch %d)", ckpt.latest_dir, step, step // spe)
-    elif config.init_from:
-        state = checkpoints.load_params(config.init_from, state)
-    elif config.pretrained:
-        state = finetune.load_pretrained_state(config, model, state)
-    elif ckpt.latest.all_steps():
-        log.warning("No checkpoint in %s could be read: starting from scratch.", ckpt.latest_dir)
-
-    writer = metrics_lib.MetricWriter(workdir, enabled=is_chief, tensorboard=config.get("tensorboard", True))
-    p_train = steps.pmap_train_step(config.label_smoothing, _device_augment(config, pipe))
-    p_eval = steps.pmap_eval_step()
-    p_state = steps.on_devices(jax_utils.replicate(state))  # as pmap outputs: no recompilation later
-    splits = _eval_splits(config, pipe)
-    compile_seconds = resident.compile(p_state) if resident is not None else None
-    if compile_seconds is not None:
-        log.info("Compiled the epoch and the evaluation in %.1f s", compile_seconds)
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total_steps, initial=loop["step"], disable=not is_chief, unit="step", dynamic_ncols=True)
-    pending: list[dict[str, jax.Array]] = []
-    last_good = loop["step"]
-    timer = [time.perf_counter(), loop["step"]]
-    # Training wall time (evaluation and bookkeeping included; compilation too in the per-step mode, whose
-    # first step compiles), carried over resumes; read time-to-accuracy off the epoch records.
-    carried = float(loop["history"][-1].get("train_seconds_total", 0.0)) if loop["history"] else 0.0
-    clock = {"start": time.perf_counter(), "carried": carried, "last": carried}
-    clock.update(plotted=clock["start"], plotted_epochs=len(loop["history"]))  # first plot after 30 s
-    best_pending: list[tuple[Any, ...]] = []  # a best epoch not yet written (checkpoint_every_epochs > 1)
-
-    def flush() -> None:
-        """Pull the pending step metrics to the host, stop on a non-finite loss, log their means."""
-        nonlocal pending
-        if not pending:
-            return
-        host = jax.device_get(pending)
-        # Device 0's values, one per step: a step's metrics are scalars, a scanned epoch's (steps,).
-        series = {k: np.concatenate([np.atleast_1d(m[k][0]) for m in host]) for k in host[0]}
-        n = len(series["loss"])
-        first = loop["step"] - n + 1
-        bad = np.flatnonzero(~(np.isfinite(series["loss"]) & np.isfinite(series["grad_norm"])))
-        if bad.size:
-            i = int(bad[0])
-            ckpt.wait()
-            raise FloatingPointError(
-                f"The training loss became {float(series['loss'][i])} (gradient norm "
-                f"{float(series['grad_norm'][i])}) at step {first + i} (epoch {(first + i - 1) // spe + 1}). "
-                f"Stopped; the last good checkpoint (step {last_good}) is kept in {ckpt.latest_dir}. "
-                "Lower --config.optim.learning_rate (or add warm-up), or check the data for NaN/inf."
-            )
-        loss = float(np.mean(series["loss"]))
-        acc = float(np.mean(series["accuracy"]))
-        sums = loop["epoch_sums"]
-        loop["epoch_sums"] = [sums[0] + loss * n, sums[1] + acc * n, sums[2] + n]
-        now = time.perf_counter()
-        rate = (loop["step"] - timer[1]) * pipe.global_batch_size / max(now - timer[0], 1e-9)
-        timer[:] = [now, loop["step"]]
-        lr_now = float(series["learning_rate"][-1])
-        writer.write(
-            loop["step"],
-            "train",
-            {"loss": loss, "accuracy": acc, "learning_rate": lr_now, "images_per_second": rate},
-        )
-        bar.set_postfix(
-            epoch=(loop["step"] - 1) // spe + 1, loss=f"{loss:.4f}", acc=f"{acc:.4f}", img_s=f"{rate:.0f}"
-        )
-        pending = []
-
-    def save(best: bool = False) -> None:
-        nonlocal last_good
-        flush()
-        loop["plateau"] = plateau.state_dict()
-        if best_pending and not best:  # a better epoch since the last save goes to best/ now
-            ckpt.save(*best_pending[0], best=True, latest=False)
-        best_pending.clear()
-        ckpt.save(loop["step"], jax_utils.unreplicate(p_state), train_iter.get_state(), loop, best=best)
-        last_good = loop["step"]
-
-    def keep_best() -> None:
-        """Hold a best epoch that is not due for a checkpoint (on the host); the next save writes it."""
-        loop["plateau"] = plateau.state_dict()
-        host_state = jax.device_get(jax_utils.unreplicate(p_state))
-        best_pending[:] = [(loop["step"], host_state, train_iter.get_state(), copy.deepcopy(loop))]
-
-    def plot() -> None:
-        metrics_lib.plot_learning_curves(loop["history"], workdir / "learning_curves.png", config.model.name)
-        clock["plotted"], clock["plotted_epochs"] = time.perf_counter(), len(loop["history"])
-
-    def end_epoch() -> None:
-        nonlocal p_state
-        flush()
-        epoch = loop["step"] // spe
-        sums = loop["epoch_sums"]
-        record: dict[str, Any] = {"epoch": epoch, "step": loop["step"]}
-        if sums[2]:
-            record.update(train_loss=sums[0] / sums[2], train_accuracy=sums[1] / sums[2])
-        record["learning_rate"] = float(np.asarray(optim.current_learning_rate(p_state.opt_state))[0])
-        if resident is not None:
-            results = resident.evaluate(p_state)
-        else:
-            results = {split: evaluate(p_eval, p_state, pipe, split) for split in splits}
-        for split in splits:
-            result = results[split]
-            record[f"{split}_accuracy"] = result["accuracy"]
-            record[f"{split}_loss"] = result["loss"]
-            if num_classes >= 100:
-                record[f"{split}_top5"] = result["top5"]
-        total = clock["carried"] + time.perf_counter() - clock["start"]
-        record.update(epoch_seconds=total - clock["last"], train_seconds_total=total)
-        clock["last"] = total
-        if compile_seconds is not None:
-            record["compile_seconds"] = compile_seconds
-        loop["history"].append(record)
-        loop["epoch_sums"] = [0.0, 0.0, 0]
-        writer.write(loop["step"], "epoch", record)
-        if is_chief:
-            log.info("epoch %d: %s", epoch, json.dumps(record))
-            if loop["step"] >= total_steps or time.perf_counter() - clock["plotted"] >= PLOT_EVERY_SECONDS:
-                plot()
-        if config.plateau.enabled:
-            monitored = record.get(f"{config.plateau.monitor}_accuracy")
-            if monitored is None:
-                raise ValueError(
-                    f"config.plateau.monitor={config.plateau.monitor!r} but that split is empty."
-                )
-            new_lr = plateau.update(monitored, record["learning_rate"])
-            if new_lr is not None:
-                p_state = p_state.replace(opt_state=optim.set_learning_rate(p_state.opt_state, new_lr))
-                p_state = steps.on_devices(p_state)
-        val = record.get("validation_accuracy")
-        best = val is not None and (loop["best_validation"] is None or val > loop["best_validation"])
-        if best:
-            loop["best_validation"] = val
-        if epoch % config.get("checkpoint_every_epochs", 1) == 0 or loop["step"] >= total_steps:
-            save(best=best)
-        elif best:
-            keep_best()
-        timer[:] = [time.perf_counter(), loop["step"]]  # img/s counts training time only
-
-    status = "finished"
-    try:
-        with _StopSignal() as stop:
-            while loop["step"] < total_steps:
-                if resident is not None:  # one compiled epoch
-                    p_state, step_metrics = resident.train_epoch(p_state, loop["step"] // spe)
-                    done = spe
-                else:
-                    batch = next(train_iter)
-                    p_state, step_metrics = p_train(p_state, batch)
-                    done = 1
-                pending.append(step_metrics)
-                loop["step"] += done
-                bar.update(done)
-                if loop["step"] % config.log_every_steps == 0:
-                    flush()
-                if loop["step"] % spe == 0:
-                    end_epoch()
-                elif config.checkpoint_every_steps and loop["step"] % config.checkpoint_every_steps == 0:
-                    save()
-                every = spe if resident is not None else config.log_every_steps
-                if _stop_agreed(stop, loop["step"], every):
-                    if loop["step"] != last_good:
-                        save()
-                    status = "interrupted"
-                    log.warning(
-                        "Signal %s: saved step %d to %s; run the same command again to resume.",
-                        stop.received,
-                        loop["step"],
-                        ckpt.latest_dir,
-                    )
-                    break
-            if status == "finished" and loop["step"] != last_good:
-                save()  # a run cut short by max_train_steps
-        if is_chief and clock["plotted_epochs"] != len(loop["history"]):
-            plot()  # the epochs since the last plot
-    finally:
-        bar.close()
-        ckpt.wait()
-        ckpt.close()
-        writer.close()
-
-    summary = metrics_lib.summarize(loop["history"])
-    summary.update(status=status, step=loop["step"], workdir=str(workdir))
-    summary.update(train_seconds_total=clock["last"], compile_seconds=compile_seconds)
-    if is_chief and status == "finished":
-        (workdir / "summary.json").write_text(json.dumps({**summary, "history": loop["history"]}, indent=2))
-        log.info("Summary: %s", json.dumps(summary))
-    return summary
-
-
 def _stop_agreed(stop: _StopSignal, step: int, every: int) -> bool:
     """Whether to stop now. With several processes the flags are gathered every ``every`` steps, so
     all processes stop (and save, a collective) at the same step even if only one got the signal."""
@@ -414,55 +449,11 @@ def _stop_agreed(stop: _StopSignal, step: int, every: int) -> bool:
     return bool(np.any(flags))
 
 
-def _eval_splits(config: ml_collections.ConfigDict, pipe: Any) -> list[str]:
-    splits = [s for s in ("validation", "test") if pipe.num_examples.get(s, 0) > 0]
-    return splits if config.eval_test else [s for s in splits if s != "test"]
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
-def _resident_data(config: ml_collections.ConfigDict, pipe: Any, total_steps: int) -> Any:
-    """The device-resident data of ``config.data.device_resident`` runs (None otherwise)."""
-    if not config.data.get("device_resident", False):
-        return None
-    if config.data.get("augment_on", "host") != "device":
-        raise ValueError(
-            "config.data.device_resident=True needs config.data.augment_on='device': the data stays on "
-            "the devices, so augmentation runs there too."
-        )
-    if total_steps % pipe.steps_per_epoch:
-        raise ValueError(
-            f"config.max_train_steps={config.max_train_steps}: device-resident runs train whole epochs; use "
-            f"a multiple of the {pipe.steps_per_epoch} steps per epoch (or 0)."
-        )
-    from spinal_jax.resident import ResidentData
-
-    splits = _eval_splits(config, pipe)
-    return ResidentData(pipe, splits, config.label_smoothing, _device_augment(config, pipe))
-
-
-def _device_augment(config: ml_collections.ConfigDict, pipe: Any) -> Callable[..., Any] | None:
-    if config.data.get("augment_on", "host") == "device":
-        return pipe.device_augment
-    return None
-
-
-def final_params(workdir: str | Path) -> Any:
-    """The parameters of ``workdir``'s latest checkpoint as host arrays (for comparisons and export)."""
-    from orbax import checkpoint as ocp
-
-    latest = Path(workdir).resolve() / "checkpoints"
-    with ocp.CheckpointManager(latest) as manager:
-        step = manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"No checkpoint under {latest}.")
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return restored.state["params"]
-
-
-__all__ = [
-    "create_model",
-    "evaluate",
-    "final_params",
-    "per_device_batch_size",
-    "prepare_workdir",
-    "train_and_evaluate",
-]
+__all__ = ["LoopState", "Progress", "Run", "train_and_evaluate"]

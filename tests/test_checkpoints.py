@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from spinal_jax import checkpoints, optim, steps
+from spinal_jax.errors import UserError
 from tests.training_helpers.tiny_model import TinyBNNet
 
 OPTIM = ml_collections.ConfigDict(
@@ -64,7 +65,11 @@ def steps_tree(state):
     }
 
 
-def test_truncated_latest_falls_back_to_previous(tmp_path):
+def _damaged_folders(workdir: Path) -> list[str]:
+    return sorted(p.name.rsplit("-", 1)[0] for p in (workdir / checkpoints.DAMAGED).iterdir())
+
+
+def test_truncated_latest_is_moved_aside_and_the_retrained_step_saved_in_its_place(tmp_path):
     ckpt, states = _saved(tmp_path)
     data_files = [
         p
@@ -75,21 +80,78 @@ def test_truncated_latest_falls_back_to_previous(tmp_path):
     for path in data_files:
         with open(path, "r+b") as f:
             f.truncate(7)
-    with pytest.warns(RuntimeWarning, match=r"checkpoints/30 could not be restored .*falling back"):
-        state, data, _, step = checkpoints.Checkpoints(tmp_path).restore(_state(99))
+    ckpt = checkpoints.Checkpoints(tmp_path, keep=3)
+    with pytest.warns(RuntimeWarning, match=r"checkpoints/30 is damaged .*moved to .*falling back"):
+        state, data, _, step = ckpt.restore(_state(99))
     assert (step, data) == (20, {"position": 1})
     chex.assert_trees_all_equal(state.params, states[1].params)
+    assert _damaged_folders(tmp_path) == ["checkpoints-30"]
+    assert ckpt.latest.all_steps() == [10, 20]
+
+    ckpt.save(30, states[2], {"position": 2}, {"step": 30})  # the retrained step takes its place
+    ckpt.wait()
+    assert checkpoints.verify(tmp_path / "checkpoints" / "30") is None
+    assert checkpoints.Checkpoints(tmp_path).restore(_state(99))[3] == 30
 
 
-def test_partial_latest_falls_back_and_all_unreadable_gives_none(tmp_path):
+def test_partial_or_unsealed_latest_falls_back_and_all_unreadable_gives_none(tmp_path):
     _saved(tmp_path)
     shutil.rmtree(tmp_path / "checkpoints" / "30" / "state")  # a checkpoint missing its state item
-    with pytest.warns(RuntimeWarning, match="checkpoints/30 could not be restored"):
+    with pytest.warns(RuntimeWarning, match=r"checkpoints/30 is damaged \(files differ .*missing"):
         assert checkpoints.Checkpoints(tmp_path).restore(_state(99))[3] == 20
-    for step in ("10", "20"):
-        (tmp_path / "checkpoints" / step / "loop" / "metadata").write_text("{not json")
-    with pytest.warns(RuntimeWarning):
+    (tmp_path / "checkpoints" / "20" / checkpoints.SEAL).unlink()  # stopped before its seal was written
+    with pytest.warns(RuntimeWarning, match=r"checkpoints/20 is damaged \(it has no checksum file"):
+        assert checkpoints.Checkpoints(tmp_path).restore(_state(99))[3] == 10
+    (tmp_path / "checkpoints" / "10" / "loop" / "metadata").write_text("{not json")
+    with pytest.warns(RuntimeWarning, match="checkpoints/10 is damaged"):
         assert checkpoints.Checkpoints(tmp_path).restore(_state(99)) is None
+    assert _damaged_folders(tmp_path) == ["checkpoints-10", "checkpoints-20", "checkpoints-30"]
+
+
+def test_every_bit_flip_and_truncation_of_every_file_is_detected(tmp_path):
+    """Each file of a checkpoint, one damage at a time: a flipped bit (in the middle of the file) or a
+    truncation to half its length. Every one must be detected (fallback to the previous step), none
+    restored silently."""
+    pristine = tmp_path / "pristine"
+    _saved(pristine)
+    step_dir = pristine / "checkpoints" / "30"
+    files = sorted(p.relative_to(step_dir) for p in step_dir.rglob("*") if p.is_file())
+    kinds = {p.parts[0] for p in files}
+    assert {"state", "data", "loop", checkpoints.SEAL} <= kinds, kinds
+    cases = 0
+    for rel in files:
+        if rel.name == checkpoints.SEAL:
+            continue
+        for damage in ("flip", "truncate"):
+            work = tmp_path / f"case{cases}"
+            shutil.copytree(pristine, work)
+            path = work / "checkpoints" / "30" / rel
+            raw = bytearray(path.read_bytes())
+            if damage == "flip" and raw:
+                raw[len(raw) // 2] ^= 0x10
+            else:
+                raw = raw[: len(raw) // 2]
+            path.write_bytes(bytes(raw))
+            with pytest.warns(RuntimeWarning, match="checkpoints/30 is damaged"):
+                assert checkpoints.Checkpoints(work).restore(_state(99))[3] == 20, (rel, damage)
+            shutil.rmtree(work)
+            cases += 1
+    assert cases == 2 * (len(files) - 1)
+
+
+def test_save_stores_a_snapshot_of_the_loop_and_data_states(tmp_path):
+    """The loop and data dicts handed to an asynchronous save may change right after it returns (the
+    training loop keeps counting); the checkpoint must hold the values at the call."""
+    ckpt = checkpoints.Checkpoints(tmp_path, keep=2, use_async=True)
+    loop = {"step": 10, "history": [{"epoch": 1}]}
+    data = {"position": 10}
+    ckpt.save(10, _state(1), data, loop)
+    loop["step"] = 12
+    loop["history"].append({"epoch": 2})
+    data["position"] = 12
+    ckpt.wait()
+    _, data_back, loop_back, step = checkpoints.Checkpoints(tmp_path).restore(_state(99))
+    assert (step, loop_back, data_back) == (10, {"step": 10, "history": [{"epoch": 1}]}, {"position": 10})
 
 
 def test_warm_start_takes_params_and_batch_stats_only(tmp_path):
@@ -104,5 +166,5 @@ def test_warm_start_takes_params_and_batch_stats_only(tmp_path):
     chex.assert_trees_all_equal(step_dir.params, states[2].params)
     with pytest.raises(ValueError, match="do not fit this model"):
         checkpoints.load_params(tmp_path, _state(0, num_classes=7))
-    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+    with pytest.raises(UserError, match="holds no checkpoint"):
         checkpoints.load_params(tmp_path / "nowhere", fresh)

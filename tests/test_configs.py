@@ -14,8 +14,8 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+from spinal_jax import build
 from spinal_jax import config as config_lib
-from spinal_jax import training
 from spinal_jax.models import get_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ def test_config_loads_and_builds_its_model(name, head):
     config_lib.validate_config(config)
     assert config.model.head == head
     classes = CLASSES[config.data.name]
-    model = training.create_model(config, classes)
+    model = build.build_model(config, classes)
     shape = (2, *get_spec(config.model.name).input_shape)
     x = jax.ShapeDtypeStruct(shape, jnp.float32)
     variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape)))
@@ -64,7 +64,7 @@ def test_mnist_cnn_parameter_counts_match_the_spec():
     """Spec §1.4: 21,840 parameters with the default head, 13,818 with the spinal head (w=8, k=6)."""
     for arg, expected in (("mnist_cnn.py", 21_840), ("mnist_cnn.py:spinal", 13_818)):
         config = load(arg)
-        model = training.create_model(config, 10)
+        model = build.build_model(config, 10)
         params = jax.eval_shape(lambda m=model: m.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1))))[
             "params"
         ]
@@ -143,11 +143,11 @@ def test_bad_values_are_rejected_naming_the_field(override, message):
 
 
 def test_batch_that_does_not_divide_names_the_fix():
-    assert training.per_device_batch_size(256, 4, 2) == 32
+    assert build.per_device_batch_size(256, 4, 2) == 32
     with pytest.raises(
         ValueError, match=r"batch_size=100 .* multiple of the 8 devices .*--config.data.batch_size=96"
     ):
-        training.per_device_batch_size(100, 4, 2)
+        build.per_device_batch_size(100, 4, 2)
 
 
 def test_train_py_rejects_bad_config_on_the_command_line(tmp_path):
@@ -181,7 +181,7 @@ def test_transfer_configs_build_the_reference_heads(spec, classes, expected):
     assert (config.optim.name, config.optim.momentum, config.optim.weight_decay) == ("sgd", 0.9, 0.0)
     assert (config.schedule.name, config.schedule.step_epochs, config.schedule.gamma) == ("step", 7, 0.1)
     assert config.data.image_size == 256 and tuple(config.data.mean) == (0.507, 0.487, 0.441)
-    model = training.create_model(config, classes)
+    model = build.build_model(config, classes)
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3))))["params"]
     assert sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params["fc"])) == expected
     assert "classifier" not in params

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from flax import jax_utils
 
+from spinal_jax import checkpoints, optim, resident, sources, steps, training
 from spinal_jax import config as config_lib
-from spinal_jax import optim, resident, steps, training
 from spinal_jax.data import DataPreparationError, validate_data_config
 from tests.training_helpers.bench_tta import SIZES, small_config
 from tests.training_helpers.small_pipeline import SmallPipeline, mnist_data_config
@@ -114,14 +114,14 @@ def test_scanned_epoch_equals_train_step_per_batch(pipe, scanned):
 
 def test_scanned_eval_counts_every_example_once_and_equals_evaluate(pipe, scanned):
     """validation (150) and test (130) resident together, padded to 300 rows: the same sums as
-    training.evaluate over the host pipeline's padded eval batches."""
+    sources.evaluate_pipeline over the host pipeline's padded eval batches."""
     data, p_state = scanned["data"], scanned["p_state"]
     split_ids = np.asarray(data.eval_data["split"]).reshape(-1)
     assert np.bincount(split_ids + 1).tolist() == [20, 150, 130]
     results = data.evaluate(p_state)
     assert set(results) == {"validation", "test"}
     for split in ("validation", "test"):
-        host = training.evaluate(steps.pmap_eval_step(), p_state, pipe, split)
+        host = sources.evaluate_pipeline(steps.pmap_eval_step(), p_state, pipe, split)
         mine = results[split]
         assert mine["count"] == host["count"] == SIZES[split]
         assert mine["accuracy"] == host["accuracy"] and mine["top5"] == host["top5"], (mine, host)
@@ -192,7 +192,7 @@ def test_train_and_evaluate_resident_checkpoints_and_resumes_exactly(pipe, tmp_p
     resumed = training.train_and_evaluate(small_config(3), cut, pipeline=pipe, model=model)
     uninterrupted = training.train_and_evaluate(small_config(3), full, pipeline=pipe, model=model)
     assert resumed["step"] == uninterrupted["step"] == 3 * SPE and resumed["epochs"] == 3
-    chex.assert_trees_all_equal(training.final_params(cut), training.final_params(full))
+    chex.assert_trees_all_equal(checkpoints.final_params(cut), checkpoints.final_params(full))
     for key in ("best_validation_accuracy", "test_at_best_validation", "max_test_over_epochs", "best_epoch"):
         assert resumed[key] == uninterrupted[key], key
     cut_history, full_history = _history(cut), _history(full)

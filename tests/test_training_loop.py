@@ -14,15 +14,17 @@ import numpy as np
 import optax
 import pytest
 
+from spinal_jax import checkpoints, evaluate, optim, training
 from spinal_jax import config as config_lib
-from spinal_jax import evaluate, optim, training
 from tests.training_helpers.array_pipeline import ArrayPipeline
 from tests.training_helpers.tiny_model import TinyBNNet
 
 
 def _config(**changes) -> ml_collections.ConfigDict:
     config = config_lib.base_config()
-    config.data = ml_collections.ConfigDict({"batch_size": 32, "augment_on": "host"})
+    config.data = ml_collections.ConfigDict(
+        {"batch_size": 32, "augment_on": "host", "device_resident": False}
+    )
     config.num_epochs = 1
     config.optim.name = "adam"
     config.optim.learning_rate = 3e-3
@@ -59,7 +61,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     assert "became nan" in message and "at step 8 (epoch 1)" in message
     assert "last good checkpoint (step 5)" in message and "--config.optim.learning_rate" in message
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [5]
-    params = training.final_params(tmp_path)
+    params = checkpoints.final_params(tmp_path)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 

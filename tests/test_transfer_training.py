@@ -25,8 +25,8 @@ from flax import traverse_util
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
+from spinal_jax import build, finetune, pretrained, steps, training  # noqa: E402
 from spinal_jax import config as config_lib  # noqa: E402
-from spinal_jax import finetune, pretrained, steps, training  # noqa: E402
 from spinal_jax.convert import main as convert_main  # noqa: E402
 from tests.training_helpers.torch_models import random_torchvision_model  # noqa: E402
 
@@ -152,7 +152,7 @@ def make_config(
     c = config_lib.base_config()
     c.model.name, c.model.head = model, "spinal"
     c.model.kwargs = ml_collections.ConfigDict(HEAD_KWARGS)
-    c.data = ml_collections.ConfigDict({"batch_size": BATCH, "augment_on": "host"})
+    c.data = ml_collections.ConfigDict({"batch_size": BATCH, "augment_on": "host", "device_resident": False})
     c.num_epochs, c.max_train_steps, c.log_every_steps = 1, max_steps, 1
     c.optim.name, c.optim.learning_rate = optim, lr
     c.optim.momentum = 0.9 if optim == "sgd" else 0.0
@@ -183,7 +183,7 @@ def split_head(tree: dict, head: str = "fc") -> tuple[dict, dict]:
 def fresh_head():
     """The head (params, batch_stats) a run with seed 0 initialises before loading the backbone."""
     config = make_config("unused", "full", 1)
-    model = training.create_model(config, 10)
+    model = build.build_model(config, 10)
     state = steps.create_train_state(jax.random.PRNGKey(0), model, (32, 32, 3), optax.identity())
     return split_head(state.params)[0], split_head(state.batch_stats)[0]
 
@@ -293,7 +293,7 @@ def test_missing_pretrained_file_names_the_fix(cifar, tmp_path):
 def test_weights_of_another_arch_name_the_fix(weights, which):
     pth, ckpt, _ = weights
     config = make_config(ckpt if which == "orbax" else pth, "full", 1, model="resnet34")
-    model = training.create_model(config, 10)
+    model = build.build_model(config, 10)
     state = jax.eval_shape(
         lambda: steps.create_train_state(jax.random.PRNGKey(0), model, (32, 32, 3), optax.identity())
     )
@@ -317,7 +317,7 @@ def test_linear_probe_state_survives_a_checkpoint_round_trip(weights, tmp_path):
 
     _, ckpt, _ = weights
     config = make_config(ckpt, "linear_probe", 1)
-    model = training.create_model(config, 10)
+    model = build.build_model(config, 10)
     tx = finetune.create_optimizer(config, 0.1)
     state = finetune.adapt_train_state(
         config, steps.create_train_state(jax.random.PRNGKey(0), model, (32, 32, 3), tx)

@@ -24,7 +24,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import jax_utils  # noqa: E402
 
-from spinal_jax import optim, resident, steps, training  # noqa: E402
+from spinal_jax import optim, resident, sources, steps  # noqa: E402
 from tests.training_helpers.small_pipeline import SmallPipeline, mnist_data_config  # noqa: E402
 from tests.training_helpers.tiny_model import TinyBNNet  # noqa: E402
 
@@ -92,7 +92,7 @@ assert max(float(np.abs(a - b).max()) for a, b in pairs) > 1e-4  # it trained
 # Evaluation: the resident sums equal those of the per-batch evaluate() over the host pipeline.
 resident_results = data.evaluate(p_state)
 for split in ("validation", "test"):
-    host = training.evaluate(steps.pmap_eval_step(), p_state, pipe, split)
+    host = sources.evaluate_pipeline(steps.pmap_eval_step(), p_state, pipe, split)
     mine = resident_results[split]
     assert mine["count"] == host["count"] == SIZES[split], (mine, host)
     assert mine["accuracy"] == host["accuracy"] and mine["top5"] == host["top5"], (mine, host)

@@ -22,8 +22,8 @@ import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
+from spinal_jax import checkpoints, training  # noqa: E402
 from spinal_jax import config as config_lib  # noqa: E402
-from spinal_jax import training  # noqa: E402
 from tests.training_helpers.array_pipeline import ArrayPipeline  # noqa: E402
 from tests.training_helpers.tiny_model import TinyBNNet  # noqa: E402
 
@@ -38,7 +38,9 @@ def main() -> None:
         distributed.initialize(args["coordinator"], int(args["nproc"]), int(args["pid"]))
     get = lambda k, d: type(d)(args.get(k, d))  # noqa: E731
     config = config_lib.base_config()
-    config.data = ml_collections.ConfigDict({"batch_size": get("batch", 32), "augment_on": "host"})
+    config.data = ml_collections.ConfigDict(
+        {"batch_size": get("batch", 32), "augment_on": "host", "device_resident": False}
+    )
     config.num_epochs = get("epochs", 2)
     config.max_train_steps = get("max_steps", 0)
     config.checkpoint_every_steps = get("ckpt_every", 0)
@@ -65,7 +67,7 @@ def main() -> None:
     summary = training.train_and_evaluate(config, workdir, pipeline=pipe, model=model)
     print("SUMMARY " + json.dumps(summary), flush=True)
     print(f"DEVICES {jax.process_count()}x{jax.local_device_count()}", flush=True)
-    params = training.final_params(workdir)  # every process: Orbax synchronises them
+    params = checkpoints.final_params(workdir)  # every process: Orbax synchronises them
     if jax.process_index() == 0:
         np.savez(
             f"{workdir}/final_params.npz",
