@@ -18,8 +18,9 @@ from PIL import Image
 
 from spinal_jax.data import augment_device as D
 from spinal_jax.data import augment_host as H
-from spinal_jax.data.augment_device import make_device_augment
-from spinal_jax.data.config import shared_dir
+from spinal_jax.data.config import shared_dir, validate_data_config
+from spinal_jax.data.errors import DataConfigError
+from spinal_jax.data.policies import POLICIES, Policy, make_device_augment
 
 DATA = shared_dir() / "data"
 
@@ -171,8 +172,8 @@ def test_policies_agree_in_distribution(mnist, cifar, policy):
     images = cifar if policy in ("cifar", "crop") else mnist[0][:1000]
     size = images.shape[1]
     rng = np.random.default_rng(4)
-    host = np.stack([H.augment(policy, i, rng, size) for i in images])
-    dev = _device(lambda k, i: D.augment_one(policy, k, i), images)
+    host = np.stack([POLICIES[policy].host(i, rng, size) for i in images])
+    dev = _device(POLICIES[policy].device, images)
     assert host.shape == dev.shape == images.shape and host.dtype == np.uint8
     c_host, c_dev = _corr(images, host), _corr(images, dev)
     assert c_host.mean() < 0.97  # augmentation changes images
@@ -183,8 +184,8 @@ def test_policies_agree_in_distribution(mnist, cifar, policy):
 
 def test_cifar_flip_and_shift_distribution(cifar):
     rng = np.random.default_rng(5)
-    host = np.stack([H.augment("cifar", i, rng, 32) for i in cifar])
-    dev = _device(lambda k, i: D.augment_one("cifar", k, i), cifar).astype(np.uint8)
+    host = np.stack([POLICIES["cifar"].host(i, rng, 32) for i in cifar])
+    dev = _device(POLICIES["cifar"].device, cifar).astype(np.uint8)
 
     def recover(src, out):
         padded = np.pad(src, ((4, 4), (4, 4), (0, 0)))
@@ -213,14 +214,14 @@ def test_device_augment_is_jittable_and_keeps_normalisation():
     assert out.shape == zeros_raw.shape and out.dtype == jnp.float32
     # Fill value is raw pixel 0, i.e. the normalised background: a blank image stays blank.
     np.testing.assert_allclose(np.asarray(out), zeros_raw, atol=1e-6)
-    with pytest.raises(ValueError, match="augment_on='host'"):
+    with pytest.raises(DataConfigError, match="augment_on='host'"):
         make_device_augment("inception", mean, std, (224, 224, 3))
 
 
 def test_inception_policy_and_eval_crop_shapes(cifar):
     big = np.stack([np.asarray(Image.fromarray(i).resize((300, 240), Image.BICUBIC)) for i in cifar[:20]])
     rng = np.random.default_rng(6)
-    out = np.stack([H.augment("inception", i, rng, 224) for i in big])
+    out = np.stack([POLICIES["inception"].host(i, rng, 224) for i in big])
     assert out.shape == (20, 224, 224, 3) and out.dtype == np.uint8
     boxes = np.array([H.resized_crop_params(rng, 240, 300, H.SCALE_INCEPTION) for _ in range(2000)])
     areas = boxes[:, 2] * boxes[:, 3] / (240 * 300)
@@ -229,3 +230,46 @@ def test_inception_policy_and_eval_crop_shapes(cifar):
     assert center.shape == (224, 224, 3)
     ref = np.asarray(Image.fromarray(big[0]).resize((320, 256), Image.BILINEAR))[16:240, 48:272]
     np.testing.assert_array_equal(center, ref)
+
+
+# -- the policy registry ------------------------------------------------------------------------------
+def test_registry_entries_are_complete():
+    """Every policy has a host form, and a device form or the reason it has none; the data sets' reference
+    policies are all registered."""
+    from spinal_jax.data.catalog import DATASETS
+
+    for name, policy in POLICIES.items():
+        assert policy.name == name and callable(policy.host) and policy.description
+        assert (policy.device is None) == bool(policy.no_device), name
+    assert {spec.policy for spec in DATASETS.values()} <= set(POLICIES)
+    with pytest.raises(TypeError, match="say why there is none"):
+        Policy("half", "an entry without a device form or a reason", POLICIES["none"].host, None)
+
+
+def test_policy_config_errors():
+    """An unknown policy, or a host-only policy with augment_on='device', is one DataConfigError at
+    config validation (before any data is read), naming the field and the accepted values."""
+    with pytest.raises(DataConfigError, match=r"data\.augment_policy: 'mnsit' is not '' or one of"):
+        validate_data_config({"augment_policy": "mnsit"})
+    with pytest.raises(DataConfigError, match="policy 'inception' has no device form .*augment_on='host'"):
+        validate_data_config({"name": "imagenet2012", "augment_on": "device"})
+    # Not augmenting needs no device form.
+    validate_data_config({"name": "imagenet2012", "augment_on": "device", "augment": "none"})
+
+
+def test_host_policies_give_the_same_images_as_before(mnist, cifar):
+    """The registry's host forms are the transforms composed in the order the reference applies them:
+    rebuilt here from the primitives with the same generator, they give identical uint8 images."""
+    compositions = {
+        "mnist": lambda i, r, s: H.random_rotation(H.random_perspective(H.resize(i, s), r), r),
+        "fashion": lambda i, r, s: H.random_resized_crop(H.random_rotation(i, r), r, s, H.SCALE_FASHION),
+        "cifar": lambda i, r, s: H.random_flip(H.random_pad_crop(i, r), r),
+        "crop": lambda i, r, s: H.random_pad_crop(i, r),
+        "inception": lambda i, r, s: H.random_flip(H.random_resized_crop(i, r, s, H.SCALE_INCEPTION), r),
+    }
+    for name, compose in compositions.items():
+        images = cifar[:20] if name in ("cifar", "crop", "inception") else mnist[0][:20]
+        size = images.shape[1]
+        a, b = np.random.default_rng(7), np.random.default_rng(7)
+        for image in images:
+            np.testing.assert_array_equal(POLICIES[name].host(image, a, size), compose(image, b, size))

@@ -1,9 +1,11 @@
-"""Device-side (vectorised JAX) reference augmentations, usable inside a jitted train step.
+"""Device-side (JAX) augmentation transforms of one float ``(H, W, C)`` image, vmapped and jitted inside
+the train step.
 
 Same semantics and parameter distributions as ``augment_host.py``: the random parameters are drawn per
 image with ``jax.random``; images are resampled with dm-pix (rotation, crops, flips) or a homography
-warp (perspective). Inputs are the pipeline's normalised float images; fill value 0 refers to raw pixel
-value 0, as in the reference (normalisation is undone, the image augmented, and normalised again).
+warp (perspective). ``policies.py`` composes them into the named policies. The pipeline's images are
+normalised; :func:`normalised_augment` undoes the normalisation, so that fill value 0 is raw pixel value 0
+(black, as in the reference), augments, and normalises again.
 """
 
 from __future__ import annotations
@@ -16,9 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spinal_jax.data.augment_host import RATIO, SCALE_FASHION
-
-DEVICE_POLICIES = ("mnist", "fashion", "cifar", "crop", "none")
+from spinal_jax.data.augment_host import RATIO
 
 
 def homography(src: jax.Array, dst: jax.Array) -> jax.Array:
@@ -51,6 +51,7 @@ def warp(image: jax.Array, matrix: jax.Array, order: int) -> jax.Array:
 
 
 def corners(h: int, w: int) -> jax.Array:
+    """The 4 corner pixels ``(4, 2)`` as (x, y), clockwise from the top left."""
     return jnp.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], jnp.float32)
 
 
@@ -71,6 +72,7 @@ def perspective_endpoints(key: jax.Array, h: int, w: int, distortion: float) -> 
 def random_perspective(
     key: jax.Array, image: jax.Array, distortion: float = 0.5, p: float = 0.5
 ) -> jax.Array:
+    """``RandomPerspective(distortion, p)`` of one image ``(H, W, C)``; bilinear, fill 0."""
     k_apply, k_pts = jax.random.split(key)
     h, w, _ = image.shape
     warped = perspective(image, perspective_endpoints(k_pts, h, w, distortion))
@@ -96,6 +98,7 @@ def rotate(image: jax.Array, angle: jax.Array) -> jax.Array:
 
 
 def random_rotation(key: jax.Array, image: jax.Array, degrees: float = 10.0) -> jax.Array:
+    """``RandomRotation(degrees, fill=0)``: angle ~ U(-degrees, degrees); nearest neighbour."""
     return rotate(image, jax.random.uniform(key, (), minval=-degrees, maxval=degrees))
 
 
@@ -140,44 +143,32 @@ def resized_crop(image: jax.Array, box: jax.Array, size: int) -> jax.Array:
 
 
 def random_resized_crop(key: jax.Array, image: jax.Array, scale: tuple[float, float]) -> jax.Array:
+    """``RandomResizedCrop(H, scale)`` of one square image ``(H, H, C)``, back to its own size; bilinear."""
     h, w, _ = image.shape
     return resized_crop(image, resized_crop_params(key, h, w, scale), h)
 
 
 def random_pad_crop(key: jax.Array, image: jax.Array, pad: int = 4) -> jax.Array:
+    """Zero-pad by ``pad`` on each side, then crop back to ``(H, W, C)`` at a uniform offset."""
     padded = jnp.pad(image, ((pad, pad), (pad, pad), (0, 0)))
     return pix.random_crop(key, padded, image.shape)
 
 
-def augment_one(policy: str, key: jax.Array, image: jax.Array) -> jax.Array:
-    """One raw-scale float image ``(H, W, C)`` through ``policy``."""
-    k1, k2 = jax.random.split(key)
-    if policy == "mnist":
-        return random_rotation(k2, random_perspective(k1, image))
-    if policy == "fashion":
-        return random_resized_crop(k2, random_rotation(k1, image), SCALE_FASHION)
-    if policy == "cifar":
-        return pix.random_flip_left_right(k2, random_pad_crop(k1, image))
-    if policy == "crop":
-        return random_pad_crop(k1, image)
-    return image
-
-
-def make_device_augment(
-    policy: str, mean: np.ndarray, std: np.ndarray, image_shape: tuple[int, int, int]
+def normalised_augment(
+    transform: Callable[[jax.Array, jax.Array], jax.Array],
+    mean: np.ndarray,
+    std: np.ndarray,
+    image_shape: tuple[int, int, int],
 ) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """A jittable ``fn(rng, images) -> images`` for normalised float images ``(..., H, W, C)``."""
-    if policy not in DEVICE_POLICIES:
-        raise ValueError(
-            f"data.augment_on='device' supports the policies {DEVICE_POLICIES}, not {policy!r} (Inception "
-            f"crops need the full-size decoded image); use data.augment_on='host'."
-        )
+    """A jittable ``fn(rng, images) -> images`` for normalised float images ``(..., H, W, C)``: each image
+    is un-normalised to raw pixel scale, passed through ``transform(key, image)`` with its own key, and
+    normalised again (``mean``, ``std``: per channel, of [0, 1] images; ``(C,)``)."""
     mean_j, std_j = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
 
     def device_augment(rng: jax.Array, images: jax.Array) -> jax.Array:
         flat = images.reshape(-1, *image_shape).astype(jnp.float32) * std_j + mean_j
         keys = jax.random.split(rng, flat.shape[0])
-        out = jax.vmap(lambda k, x: augment_one(policy, k, x))(keys, flat)
+        out = jax.vmap(transform)(keys, flat)
         return ((out - mean_j) / std_j).reshape(images.shape).astype(images.dtype)
 
     return device_augment

@@ -1,9 +1,9 @@
-"""Host-side (numpy / PIL) reference augmentations, one uint8 ``(H, W, C)`` image at a time.
+"""Host-side (numpy / PIL) augmentation transforms, one uint8 ``(H, W, C)`` image at a time.
 
-Each mirrors the torchvision transform the reference used (``spinalnet.md`` §2), with the same parameter
-distributions; ``augment_device.py`` has the vectorised JAX versions. All take a ``np.random.Generator``;
-the pipeline seeds one per stream position (``pipeline.example_rng``), so they are deterministic per
-example and epoch.
+Each mirrors the torchvision transform of the SpinalNet reference scripts, with torchvision's parameter
+distributions (its ``get_params`` logic); ``augment_device.py`` has the JAX versions and ``policies.py``
+composes both into the named policies. The random ones take a ``np.random.Generator``; the pipeline seeds
+one per stream position (``pipeline.example_rng``), so they are deterministic per example and epoch.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def perspective_endpoints(rng: np.random.Generator, h: int, w: int, distortion: 
 
 
 def corners(h: int, w: int) -> np.ndarray:
+    """The 4 corner pixels ``(4, 2)`` as (x, y), clockwise from the top left."""
     return np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], dtype=np.float64)
 
 
@@ -144,24 +145,7 @@ def resize_center_crop(image: np.ndarray, size: int, crop_fraction: float = 0.87
 
 
 def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of uint8 ``(H, W, C)`` to ``(size, size, C)`` (returned as it is when already so)."""
     if image.shape[:2] == (size, size):
         return image
     return _from_pil(_to_pil(image).resize((size, size), Image.Resampling.BILINEAR), image.shape[-1])
-
-
-def augment(policy: str, image: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
-    """Apply reference ``policy`` to one uint8 ``(H, W, C)`` image; returns uint8 ``(size, size, C)``."""
-    if policy == "inception":
-        return random_flip(random_resized_crop(image, rng, size, SCALE_INCEPTION), rng)
-    image = resize(image, size)
-    if policy == "mnist":
-        return random_rotation(random_perspective(image, rng), rng)
-    if policy == "fashion":
-        return random_resized_crop(random_rotation(image, rng), rng, size, SCALE_FASHION)
-    if policy == "cifar":
-        return random_flip(random_pad_crop(image, rng), rng)
-    if policy == "crop":
-        return random_pad_crop(image, rng)
-    if policy == "none":
-        return image
-    raise ValueError(f"data.augment_policy: unknown policy {policy!r}.")

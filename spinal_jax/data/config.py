@@ -9,9 +9,10 @@ from typing import Any
 
 import ml_collections
 
-from spinal_jax.data.catalog import DATASETS, POLICIES, get_dataset_spec
-
-QUICKDRAW_SHARED_CLASSES = ("apple", "bicycle", "cat", "diamond", "eye", "fish")
+from spinal_jax.data.catalog import DATASETS, get_dataset_spec
+from spinal_jax.data.errors import DataConfigError
+from spinal_jax.data.policies import device_policy, get_policy
+from spinal_jax.data.quickdraw_builder import DEFAULT_CLASSES as QUICKDRAW_SHARED_CLASSES
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -26,7 +27,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 1000  # global eval batch
     c.validation_fraction = 0.1  # carved from train where the data set has no validation split
     c.augment = "reference"  # 'reference' | 'none'
-    c.augment_policy = ""  # '' -> the data set's reference policy; else one of catalog.POLICIES
+    c.augment_policy = ""  # '' -> the data set's reference policy; else a name in policies.POLICIES
     c.augment_on = "host"  # 'host' (grain workers) | 'device' (pipe.device_augment inside the train step)
     # Accelerators: load every split onto the devices once and train whole epochs as one compiled scan
     # (spinal_jax.resident); needs augment_on='device'. Slow on CPUs: keep False there.
@@ -58,50 +59,66 @@ def shared_dir() -> Path:
 
 
 def validate_data_config(config: Mapping[str, Any] | ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Return a complete, checked copy of ``config``; a ValueError names any unknown field or bad value."""
+    """Return a complete, checked copy of ``config``; a ``DataConfigError`` (a ValueError) names the first
+    unknown field or bad value and what to use instead."""
     given = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
     c = default_data_config()
     for key, value in given.items():
         if key not in c:
-            raise ValueError(f"data.{key}: unknown data config field; known fields: {sorted(c.keys())}.")
+            raise DataConfigError(f"data.{key}: unknown data config field; known fields: {sorted(c.keys())}.")
         try:
             c[key] = tuple(value) if isinstance(value, list) else value
         except TypeError as err:
-            raise ValueError(f"data.{key}: {value!r} has the wrong type ({err}).") from err
-    get_dataset_spec(c.name)
+            raise DataConfigError(f"data.{key}: {value!r} has the wrong type ({err}).") from err
+    spec = get_dataset_spec(c.name)
+    _check_choices(c)
+    _check_numbers(c)
+    if spec.kind.check_config:
+        spec.kind.check_config(c)
+    return c
+
+
+def _check_choices(c: ml_collections.ConfigDict) -> None:
     for key, choices in _CHOICES.items():
         if c[key] not in choices:
-            raise ValueError(f"data.{key}: {c[key]!r} is not one of {choices}.")
+            raise DataConfigError(f"data.{key}: {c[key]!r} is not one of {choices}.")
     if not isinstance(c.device_resident, bool):
-        raise ValueError(f"data.device_resident: must be True or False, got {c.device_resident!r}.")
+        raise DataConfigError(f"data.device_resident: must be True or False, got {c.device_resident!r}.")
     if c.device_resident and c.augment_on != "device":
-        raise ValueError(
+        raise DataConfigError(
             f"data.device_resident=True keeps the data on the devices, so augmentation must run there too: "
             f"set data.augment_on='device' (got {c.augment_on!r})."
         )
-    if c.augment_policy and c.augment_policy not in POLICIES:
-        raise ValueError(f"data.augment_policy: {c.augment_policy!r} is not '' or one of {POLICIES}.")
+    if c.augment_policy:
+        get_policy(c.augment_policy)
+    if c.augment_on == "device" and c.augment == "reference":
+        device_policy(effective_policy(c))
+
+
+def _check_numbers(c: ml_collections.ConfigDict) -> None:
     for key in ("batch_size", "eval_batch_size"):
-        if not isinstance(c[key], int) or c[key] < 1:
-            raise ValueError(f"data.{key}: must be a positive integer, got {c[key]!r}.")
+        if not isinstance(c[key], int) or isinstance(c[key], bool) or c[key] < 1:
+            raise DataConfigError(f"data.{key}: must be a positive integer, got {c[key]!r}.")
     if not 0.0 <= c.validation_fraction < 1.0:
-        raise ValueError(f"data.validation_fraction: must be in [0, 1), got {c.validation_fraction}.")
+        raise DataConfigError(f"data.validation_fraction: must be in [0, 1), got {c.validation_fraction}.")
     for key in ("image_size", "per_class_cap", "num_workers", "validation_per_class", "test_per_class"):
         if c[key] < 0:
-            raise ValueError(f"data.{key}: must be >= 0, got {c[key]}.")
+            raise DataConfigError(f"data.{key}: must be >= 0, got {c[key]}.")
     if len(c.mean) != len(c.std):
-        raise ValueError(
+        raise DataConfigError(
             f"data.mean / data.std: give both or neither, with one value per channel "
             f"(got {len(c.mean)} and {len(c.std)} values)."
         )
     if any(s <= 0 for s in c.std):
-        raise ValueError(f"data.std: every value must be > 0, got {c.std}.")
-    if c.name == "quickdraw":
-        if not c.classes or len(set(c.classes)) != len(c.classes):
-            raise ValueError(
-                f"data.classes: give a non-empty list of distinct Quick Draw classes, got {c.classes}."
-            )
-    return c
+        raise DataConfigError(f"data.std: every value must be > 0, got {c.std}.")
+
+
+def effective_policy(config: ml_collections.ConfigDict) -> str:
+    """The augmentation policy the train examples get: ``'none'`` when ``augment='none'``, else
+    ``augment_policy`` or, when that is empty, the data set's reference policy."""
+    if config.augment != "reference":
+        return "none"
+    return config.augment_policy or get_dataset_spec(config.name).policy
 
 
 def resolve_data_dir(config: ml_collections.ConfigDict) -> Path:
@@ -112,17 +129,16 @@ def resolve_data_dir(config: ml_collections.ConfigDict) -> Path:
     return Path(env).expanduser() if env else Path("~/tensorflow_datasets").expanduser()
 
 
-_SHARED_FOLDERS = {"mnist": "mnist", "quickdraw": "quickdraw_bitmap", "image_folder": "cifar10_jpeg"}
-
-
 def resolve_manual_dir(config: ml_collections.ConfigDict) -> Path:
     """Where the original files of the data set are expected."""
     if config.manual_dir:
         return Path(config.manual_dir).expanduser()
-    if config.name in _SHARED_FOLDERS:
-        return shared_dir() / "data" / _SHARED_FOLDERS[config.name]
+    folder = get_dataset_spec(config.name).shared_folder
+    if folder:
+        return shared_dir() / "data" / folder
     return resolve_data_dir(config) / "downloads" / "manual" / config.name.replace("/", "_")
 
 
 def known_dataset_names() -> list[str]:
+    """Every ``data.name`` value, sorted."""
     return sorted(DATASETS)

@@ -14,6 +14,9 @@ import tarfile
 import types
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+from spinal_jax.data.kinds import Config, DatasetKind
 
 SPLIT_ALIASES = {
     "train": "train",
@@ -120,3 +123,35 @@ def image_folder_classes(tfds: types.ModuleType) -> types.SimpleNamespace:
                 yield key, {"image": data, "label": label}
 
     return types.SimpleNamespace(Config=ImageFolderConfig, Builder=SpinalImageFolder)
+
+
+def _subfolder(config: Config, manual: Path) -> str:
+    del config
+    return config_name(manual)
+
+
+def _find_missing(config: Config, spec: Any, manual: Path) -> list[str]:
+    del config, spec
+    return [] if manual.is_dir() and "train" in scan(manual) else [f"{manual}/train/<class>/*"]
+
+
+def _describe_files(config: Config, spec: Any) -> str:
+    del config, spec
+    return "a train/<class>/*.jpg and test/<class>/*.jpg tree, or .tar.gz archives of such trees"
+
+
+def _make_builder(tfds: types.ModuleType, spec: Any, config: Config, data_dir: str, manual: Path) -> Any:
+    del spec, config
+    root = manual.resolve()
+    image_folder = image_folder_classes(tfds)
+    cfg = image_folder.Config(name=config_name(root), root=str(root))
+    return image_folder.Builder(config=cfg, data_dir=data_dir, file_format="array_record")
+
+
+KIND = DatasetKind(
+    "image_folder",
+    _make_builder,
+    subfolder=_subfolder,
+    find_missing=_find_missing,
+    describe_files=_describe_files,
+)

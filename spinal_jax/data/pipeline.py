@@ -30,8 +30,10 @@ from PIL import Image
 
 from spinal_jax.data import augment_host
 from spinal_jax.data.catalog import get_dataset_spec
-from spinal_jax.data.config import validate_data_config
-from spinal_jax.data.prepare import prepare_dataset
+from spinal_jax.data.config import effective_policy, validate_data_config
+from spinal_jax.data.errors import DataConfigError, DataPreparationError
+from spinal_jax.data.policies import get_policy, make_device_augment
+from spinal_jax.data.prepare import prepare_command, prepare_dataset
 from spinal_jax.data.records import SplitSource
 
 SPLITS = ("train", "validation", "test")
@@ -117,7 +119,7 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         mine = self._identity()
         diff = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
         if diff:
-            raise ValueError(
+            raise DataConfigError(
                 f"Train iterator state does not match this pipeline ((saved, current): {diff}); "
                 f"resume with the same data config, seed and process layout."
             )
@@ -141,7 +143,7 @@ class InputPipeline:
         devices = local_device_count * process_count
         for key in ("batch_size", "eval_batch_size"):
             if c[key] % devices:
-                raise ValueError(
+                raise DataConfigError(
                     f"data.{key}={c[key]} does not divide over {devices} devices ({local_device_count} local "
                     f"x {process_count} processes); use a multiple of {devices}, e.g. "
                     f"{' or '.join(map(str, _divisible(c[key], devices)))}."
@@ -158,18 +160,23 @@ class InputPipeline:
         self.num_examples = {s: len(ix) for s, (_, ix) in self._indices.items()}
         self.steps_per_epoch = self.num_examples["train"] // self.global_batch_size
         if self.steps_per_epoch == 0:
-            raise ValueError(
+            raise DataConfigError(
                 f"data.batch_size={c.batch_size} exceeds the {self.num_examples['train']} "
                 f"train examples of {c.name!r}; use a smaller batch."
             )
 
-        self.policy = (c.augment_policy or spec.policy) if c.augment == "reference" else "none"
+        self.policy = effective_policy(c)
+        # ImageNet-style evaluation (resize, central crop) for the policy trained with, or, when not
+        # augmenting, for the data set's reference policy.
+        self._eval_center_crop = get_policy(self.policy).eval_center_crop or (
+            c.augment == "none" and get_policy(spec.policy).eval_center_crop
+        )
         native = self._native_shape()
         size = c.image_size or spec.default_image_size
         self.image_shape = (size, size, native[2]) if size else native
         mean, std = (c.mean, c.std) if c.mean else spec.stats
         if len(mean) != self.image_shape[2]:
-            raise ValueError(
+            raise DataConfigError(
                 f"data.mean / data.std: {len(mean)} values for {self.image_shape[2]}-channel "
                 f"images of {c.name!r}; give one per channel."
             )
@@ -177,8 +184,6 @@ class InputPipeline:
         self.std = np.asarray(std, np.float32)
         self.device_augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None
         if c.augment_on == "device" and self.policy != "none":
-            from spinal_jax.data.augment_device import make_device_augment
-
             self.device_augment = make_device_augment(self.policy, self.mean, self.std, self.image_shape)
 
     def stream_fingerprint(self) -> str:
@@ -204,8 +209,9 @@ class InputPipeline:
             names["validation"] = "validation"
         for s in ("train", "test"):
             if s not in names:
-                raise ValueError(
-                    f"Data set {self.config.name!r} has no {s!r} split (prepared: {sorted(prepared)})."
+                raise DataPreparationError(
+                    f"Data set {self.config.name!r} has no {s!r} split (prepared: {sorted(prepared)}). Add "
+                    f"one to its original files, then prepare it again: {prepare_command(self.config)}"
                 )
         n_train = self.dataset.num_examples(names["train"])
         out = {s: (names[s], np.arange(self.dataset.num_examples(names[s]))) for s in names}
@@ -247,7 +253,7 @@ class InputPipeline:
         return self.image_shape[0]
 
     def _eval_image(self, image: np.ndarray) -> np.ndarray:
-        if self.policy == "inception" or (self.spec.policy == "inception" and self.config.augment == "none"):
+        if self._eval_center_crop:
             return augment_host.resize_center_crop(image, self._size())
         return augment_host.resize(image, self._size())
 
@@ -258,7 +264,7 @@ class InputPipeline:
     def _train_example(self, ex: dict[str, Any], rng: np.random.Generator | None) -> dict[str, Any]:
         image = self._decode(ex["image"])
         if self.augments_on_host():
-            image = augment_host.augment(self.policy, image, rng, self._size())
+            image = get_policy(self.policy).host(image, rng, self._size())
         else:
             image = self._eval_image(image)
         return {"image": image, "label": ex["label"]}

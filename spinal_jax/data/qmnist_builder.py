@@ -21,12 +21,20 @@ import gzip
 import io
 import types
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from spinal_jax.data.catalog import QMNIST_FILES
+from spinal_jax.data.kinds import Config, DatasetKind
 
+# The official release names, under which the four files are expected in the manual dir.
+QMNIST_FILES = (
+    "qmnist-train-images-idx3-ubyte.gz",
+    "qmnist-train-labels-idx2-int.gz",
+    "qmnist-test-images-idx3-ubyte.gz",
+    "qmnist-test-labels-idx2-int.gz",
+)
 IMAGES_MAGIC = 2051  # 0x00000803: unsigned byte, 3 dimensions
 LABELS_MAGIC = 3074  # 0x00000C02: int32, 2 dimensions
 LABEL_COLUMNS = 8
@@ -159,3 +167,11 @@ def qmnist_builder(tfds: types.ModuleType) -> type:
                 yield f"{split}_{i}", {"image": encode_png(images[i]), "label": int(labels[i, 0])}
 
     return Qmnist
+
+
+def _make_builder(tfds: types.ModuleType, spec: Any, config: Config, data_dir: str, manual: Path) -> Any:
+    del spec, config, manual  # one builder, no builder configs; the manual dir is given at prepare
+    return qmnist_builder(tfds)(data_dir=data_dir, file_format="array_record")
+
+
+KIND = DatasetKind("qmnist", _make_builder, check_contents=check_files)

@@ -15,9 +15,13 @@ import hashlib
 import types
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from spinal_jax.data.errors import DataConfigError
+from spinal_jax.data.kinds import Config, DatasetKind
 
 DEFAULT_CLASSES = ("apple", "bicycle", "cat", "diamond", "eye", "fish")
 
@@ -114,3 +118,44 @@ def quickdraw_classes(tfds: types.ModuleType) -> types.SimpleNamespace:
                     yield f"{name}_{i}", {"image": image, "label": label}
 
     return types.SimpleNamespace(make_config=make_config, Builder=QuickdrawSubset)
+
+
+def _subfolder(config: Config, manual: Path) -> str:
+    del manual  # the prepared copy is named by the config, not by where the files were
+    return config_name(
+        tuple(config.classes), config.per_class_cap, config.validation_per_class, config.test_per_class
+    )
+
+
+def _expected_files(config: Config, spec: Any) -> tuple[str, ...]:
+    del spec
+    return tuple(f"{c}.npy" for c in config.classes)
+
+
+def _check_config(config: Config) -> None:
+    if not config.classes or len(set(config.classes)) != len(config.classes):
+        raise DataConfigError(
+            f"data.classes: give a non-empty list of distinct Quick Draw classes, got {config.classes}."
+        )
+
+
+def _make_builder(tfds: types.ModuleType, spec: Any, config: Config, data_dir: str, manual: Path) -> Any:
+    del spec, manual
+    quickdraw = quickdraw_classes(tfds)
+    cfg = quickdraw.make_config(
+        tuple(config.classes), config.per_class_cap, config.validation_per_class, config.test_per_class
+    )
+    # tfds refuses a custom config equal to a predefined one: pass the predefined one by name.
+    predefined = {c.name for c in quickdraw.Builder.BUILDER_CONFIGS}
+    config_arg = cfg.name if cfg.name in predefined else cfg
+    return quickdraw.Builder(config=config_arg, data_dir=data_dir, file_format="array_record")
+
+
+KIND = DatasetKind(
+    "quickdraw",
+    _make_builder,
+    subfolder=_subfolder,
+    expected_files=_expected_files,
+    check_config=_check_config,
+    config_fields=("classes", "per_class_cap", "validation_per_class", "test_per_class"),
+)

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 from array_record.python.array_record_data_source import ArrayRecordDataSource
 
+from spinal_jax.data.errors import DataPreparationError
+
 _DEFAULT_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 
@@ -98,12 +100,39 @@ def parse_example(record: bytes) -> dict[str, list[bytes] | list[int] | np.ndarr
 
 
 # -- prepared folders -----------------------------------------------------------------------------------
-class SplitSource:
-    """Random access to one split's records as ``{"image": encoded PNG / JPEG bytes, "label": int}``."""
+def _fix(folder: Path, repair: str, start: bool = True) -> str:
+    """How to prepare a damaged copy again, as a clause (a sentence when ``start``): run ``repair`` (a
+    command), or else delete ``folder`` and let the next run prepare it."""
+    if repair:
+        clause = f"prepare it again from the original files: {repair}"
+    else:
+        clause = f"delete {folder} and run again with data.prepare=True to prepare it from the original files"
+    end = "" if repair else "."  # no full stop after a command: it would be copied with it
+    return f"{clause[0].upper()}{clause[1:]}{end}" if start else f"{clause}{end}"
 
-    def __init__(self, files: Sequence[Path]):
+
+class SplitSource:
+    """Random access to one split's records as ``{"image": encoded PNG / JPEG bytes, "label": int}``.
+
+    A file that array_record cannot read (truncated, overwritten) or a record that is not an image
+    classification example is a :class:`DataPreparationError` saying how to prepare the set again
+    (``repair``: the command, else a sentence)."""
+
+    def __init__(self, files: Sequence[Path], repair: str = ""):
         self._files = [str(f) for f in files]
-        self._source = ArrayRecordDataSource(self._files)
+        self._repair = repair
+        try:
+            self._source = ArrayRecordDataSource(self._files)
+        except RuntimeError as err:  # array_record's C++ errors (Riegeli: hash mismatch, file too short)
+            raise self._damaged(err) from err
+
+    def _damaged(self, err: Exception, what: str = "cannot be read") -> DataPreparationError:
+        files = self._files[0] if len(self._files) == 1 else f"one of {', '.join(self._files)}"
+        detail = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+        return DataPreparationError(
+            f"The prepared data set in {Path(self._files[0]).parent} is damaged: {files} {what} ({detail}). "
+            f"{_fix(Path(self._files[0]).parent, self._repair)}"
+        )
 
     def __len__(self) -> int:
         return len(self._source)
@@ -113,18 +142,22 @@ class SplitSource:
             ex = parse_example(record)
             return {"image": ex["image"][0], "label": ex["label"][0]}
         except (ValueError, KeyError, IndexError) as err:
-            raise ValueError(
-                f"A record of {', '.join(self._files)} is not an image classification example "
-                f"({type(err).__name__}: {err}): the file is damaged or not a prepared image set. Delete "
-                f"its version folder and run with data.prepare=True to prepare it again."
-            ) from err
+            raise self._damaged(err, "holds a record that is not an image classification example") from err
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return self._example(self._source[index])
+        try:
+            record = self._source[index]
+        except RuntimeError as err:
+            raise self._damaged(err) from err
+        return self._example(record)
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """One bulk read (much cheaper per record than single reads), then one parse per record."""
-        return [self._example(r) for r in self._source.__getitems__(list(indices))]
+        try:
+            records = self._source.__getitems__(list(indices))
+        except RuntimeError as err:
+            raise self._damaged(err) from err
+        return [self._example(r) for r in records]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +169,8 @@ class PreparedDataset:
       shard_lengths: records per shard file, by split name (as prepared: 'train', 'test', ...).
       class_names: label names, index = label.
       image_shape: ``(H, W, C)``; ``H`` and ``W`` are None for images of varying size.
+      repair: the command that prepares this set again, quoted in messages about damaged files ('' =
+        say it in words).
     """
 
     path: Path
@@ -144,15 +179,19 @@ class PreparedDataset:
     image_shape: tuple[int | None, int | None, int]
     _name: str
     _template: dict[str, str]
+    repair: str = ""
 
     @property
     def splits(self) -> tuple[str, ...]:
+        """The prepared split names."""
         return tuple(self.shard_lengths)
 
     def num_examples(self, split: str) -> int:
+        """Records in ``split``."""
         return sum(self.shard_lengths[split])
 
     def split_files(self, split: str) -> list[Path]:
+        """The ArrayRecord shard files of ``split``, in order."""
         n = len(self.shard_lengths[split])
         names = (
             self._template[split]
@@ -165,17 +204,19 @@ class PreparedDataset:
         return [self.path / name for name in names]
 
     def open_split(self, split: str) -> SplitSource:
+        """Random access to the records of ``split`` (a ``DataPreparationError`` if files are missing or
+        damaged)."""
         if split not in self.shard_lengths:
             raise ValueError(f"{self.path} has no split {split!r} (prepared: {list(self.shard_lengths)}).")
         files = self.split_files(split)
         missing = [str(f) for f in files if not f.exists()]
         if missing:
-            raise FileNotFoundError(
+            raise DataPreparationError(
                 f"The prepared data set in {self.path} lacks {', '.join(missing)} named in its "
-                f"dataset_info.json: it was copied incompletely. Copy the whole folder again, or delete it "
-                f"and run with data.prepare=True."
+                f"dataset_info.json: it was copied incompletely. Copy the whole folder again, or "
+                f"{_fix(self.path, self.repair, start=False)}"
             )
-        return SplitSource(files)
+        return SplitSource(files, self.repair)
 
 
 def find_version(dataset_dir: Path) -> Path | None:
@@ -189,8 +230,9 @@ def find_version(dataset_dir: Path) -> Path | None:
     return max(versions, key=key, default=None)
 
 
-def read_prepared(path: Path) -> PreparedDataset:
-    """Parse the metadata of the prepared version folder ``path`` (a ValueError naming it if unusable)."""
+def read_prepared(path: Path, repair: str = "") -> PreparedDataset:
+    """Parse the metadata of the prepared version folder ``path`` (a ``DataPreparationError`` naming it if
+    unusable; ``repair``: the command that prepares it again, quoted in messages)."""
     path = Path(path)
     try:
         info = json.loads((path / "dataset_info.json").read_text())
@@ -202,12 +244,11 @@ def read_prepared(path: Path) -> PreparedDataset:
         splits = {s["name"]: tuple(int(n) for n in s.get("shardLengths", ())) for s in info["splits"]}
         templates = {s["name"]: s.get("filepathTemplate", _DEFAULT_TEMPLATE) for s in info["splits"]}
     except (OSError, KeyError, TypeError, ValueError) as err:
-        raise ValueError(
+        raise DataPreparationError(
             f"{path} is not a usable prepared data set ({type(err).__name__}: {err}); it needs an "
-            f"ArrayRecord image classification set as tfds prepares it. Delete the folder and run with "
-            f"data.prepare=True to prepare it again."
+            f"ArrayRecord image classification set as tfds prepares it. {_fix(path, repair)}"
         ) from err
     labels = path / "label.labels.txt"
     names = labels.read_text().splitlines() if labels.exists() else [str(i) for i in range(num_classes)]
     shape = tuple(None if int(d) < 0 else int(d) for d in dims)
-    return PreparedDataset(path, splits, tuple(names), shape, info["name"], templates)
+    return PreparedDataset(path, splits, tuple(names), shape, info["name"], templates, repair)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import types
 from pathlib import Path
 from typing import Any
 
@@ -35,30 +36,22 @@ def make_builder(config: ml_collections.ConfigDict) -> DatasetBuilder:
     tfds = _import_tfds()
     spec = get_dataset_spec(config.name)
     data_dir = str(resolve_data_dir(config))
-    if spec.kind == "quickdraw":
-        from spinal_jax.data.quickdraw_builder import quickdraw_classes
+    return spec.kind.make_builder(tfds, spec, config, data_dir, resolve_manual_dir(config))
 
-        quickdraw = quickdraw_classes(tfds)
-        QuickdrawSubset = quickdraw.Builder  # noqa: N806
-        cfg = quickdraw.make_config(
-            tuple(config.classes), config.per_class_cap, config.validation_per_class, config.test_per_class
-        )
-        # tfds refuses a custom config equal to a predefined one: pass the predefined one by name.
-        predefined = {c.name for c in QuickdrawSubset.BUILDER_CONFIGS}
-        config_arg = cfg.name if cfg.name in predefined else cfg
-        return QuickdrawSubset(config=config_arg, data_dir=data_dir, file_format="array_record")
-    if spec.kind == "qmnist":
-        from spinal_jax.data.qmnist_builder import qmnist_builder
 
-        return qmnist_builder(tfds)(data_dir=data_dir, file_format="array_record")
-    if spec.kind == "image_folder":
-        from spinal_jax.data.image_folder_builder import config_name, image_folder_classes
-
-        root = resolve_manual_dir(config).resolve()
-        image_folder = image_folder_classes(tfds)
-        cfg = image_folder.Config(name=config_name(root), root=str(root))
-        return image_folder.Builder(config=cfg, data_dir=data_dir, file_format="array_record")
-    return tfds.builder(spec.tfds_name, data_dir=data_dir, file_format="array_record")
+def checksum_errors(tfds: types.ModuleType) -> tuple[type[Exception], ...]:
+    """The exception classes tfds raises for a file whose size or checksum differs from the registered
+    one: ``NonMatchingChecksumError``, which tfds 4.9 defines in ``core.download.download_manager`` and
+    older releases also exported as ``tfds.download.NonMatchingChecksumError`` (empty if neither)."""
+    found = []
+    for owner in ("download", "core.download.download_manager"):
+        module: Any = tfds
+        for part in owner.split("."):
+            module = getattr(module, part, None)
+        error = getattr(module, "NonMatchingChecksumError", None)
+        if isinstance(error, type) and issubclass(error, Exception) and error not in found:
+            found.append(error)
+    return tuple(found)
 
 
 _HASH_LIMIT = 4 << 30  # sha256 files up to 4 GiB; larger ones (ImageNet) are checked by size only
@@ -99,21 +92,21 @@ def prepare_with_tfds(config: ml_collections.ConfigDict) -> Path:
     check_manual_files(config, spec, manual)
     tfds = _import_tfds()
     builder = make_builder(config)
-    if spec.kind == "stock" and importlib.util.find_spec("tensorflow") is None:
+    if spec.kind.needs_tensorflow and importlib.util.find_spec("tensorflow") is None:
         raise DataPreparationError(
             f"Preparing the stock tfds data set {config.name!r} needs TensorFlow: pip install "
             f"'spinal_jax[prepare]' on a machine with it, prepare there, then copy"
             f" {resolve_data_dir(config)} here. Training itself does not need TensorFlow."
         )
-    if spec.kind == "stock":
+    if spec.kind.tfds_checksums:
         check_checksums(config, builder, manual)
     tfds.disable_progress_bar()
     try:
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
-    except tfds.download.NonMatchingChecksumError as err:
+    except checksum_errors(tfds) as err:  # only these: anything else (Ctrl-C too) propagates as it is
         raise DataPreparationError(
-            f"Data set {config.name!r}: a file in {manual} has the wrong size or checksum (tfds: {err}). "
-            f"Replace it with the original release file ({', '.join(expected_files(config, spec))}; "
-            f"source: {spec.source})."
+            f"Data set {config.name!r}: a file in {manual} has the wrong size or checksum (tfds: "
+            f"{str(err).splitlines()[0] if str(err) else err!r}). Replace it with the original release "
+            f"file ({', '.join(expected_files(config, spec))}; source: {spec.source})."
         ) from err
     return Path(builder.data_dir)
