@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from spinal_jax.data.config import shared_dir, validate_data_config
 from spinal_jax.data.prepare import dataset_dir
 from spinal_jax.data.records import find_version, parse_example, read_prepared
 from spinal_jax.data.tfds_builders import make_builder
+from spinal_jax.errors import UserError
 from tests.training_helpers.tf_free_site import tf_free_site
 
 DATA = shared_dir() / "data"
@@ -307,22 +309,38 @@ def test_device_augment_path(mnist_config):
 
 
 # -- errors ----------------------------------------------------------------------------------------------
+# Every failure a user can fix is one spinal_jax.errors.UserError (also a ValueError) whose message names
+# the problem and the fix; the command-line entry points print it on one line.
+def _pipeline(cfg, devices: int = 1):
+    return create_input_pipeline(cfg, local_device_count=devices, process_index=0, process_count=1)
+
+
 def test_config_errors():
-    with pytest.raises(ValueError, match=r"data\.batchsize: unknown data config field"):
-        validate_data_config({"batchsize": 10})
-    with pytest.raises(ValueError, match=r"data\.name: unknown data set 'mnistt'"):
-        validate_data_config({"name": "mnistt"})
-    with pytest.raises(ValueError, match=r"data\.augment_on: 'gpu' is not one of"):
-        validate_data_config({"augment_on": "gpu"})
-    with pytest.raises(ValueError, match=r"data\.batch_size: 12.5 has the wrong type"):
-        validate_data_config({"batch_size": 12.5})
-    with pytest.raises(ValueError, match=r"data\.validation_fraction"):
-        validate_data_config({"validation_fraction": 1.5})
+    cases = [
+        ({"batchsize": 10}, r"data\.batchsize: unknown data config field"),
+        ({"name": "mnistt"}, r"data\.name: unknown data set 'mnistt'; did you mean 'mnist'"),
+        ({"name": "cifar"}, r"unknown data set 'cifar'; did you mean .*Known data sets: cifar10, cifar100"),
+        ({"augment_on": "gpu"}, r"data\.augment_on: 'gpu' is not one of"),
+        ({"batch_size": 12.5}, r"data\.batch_size: 12.5 has the wrong type"),
+        ({"batch_size": 0}, r"data\.batch_size: must be a positive integer, got 0"),
+        ({"batch_size": -8}, r"data\.batch_size: must be a positive integer, got -8"),
+        ({"eval_batch_size": 0}, r"data\.eval_batch_size: must be a positive integer, got 0"),
+        ({"validation_fraction": 1.5}, r"data\.validation_fraction"),
+        (
+            {"name": "quickdraw", "classes": ("cat", "cat")},
+            r"data\.classes: give a non-empty list of distinct",
+        ),
+    ]
+    for fields, message in cases:
+        with pytest.raises(UserError, match=message):
+            validate_data_config(fields)
+        with pytest.raises(ValueError, match=message):  # also a ValueError, for callers that catch that
+            validate_data_config(fields)
 
 
 def test_batch_must_divide_over_devices(mnist_config):
     with pytest.raises(
-        ValueError,
+        UserError,
         match=r"batch_size=100 does not divide over 16 devices \(8 local x 2 "
         r"processes\); use a multiple of 16, e.g. 96 or 112",
     ):
@@ -334,27 +352,57 @@ def test_batch_must_divide_over_devices(mnist_config):
 @pytest.mark.parametrize(
     "name, files",
     [
+        ("mnist", MNIST_FILES),
         ("kmnist", ["train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]),
         ("emnist/letters", ["gzip.zip"]),
         ("cifar10", ["cifar-10-binary.tar.gz"]),
         ("imagenet2012", ["ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"]),
         ("quickdraw", ["apple.npy", "cat.npy"]),
+        ("image_folder", ["train/<class>/*.jpg"]),
     ],
 )
-def test_missing_files_error(tmp_path, name, files):
+def test_missing_manual_folder_error(tmp_path, name, files):
+    """The folder of original files does not exist: the message says so, what to put there and where."""
     cfg = {"name": name, "data_dir": str(tmp_path / "tfds"), "manual_dir": str(tmp_path / "manual")}
     with pytest.raises(DataPreparationError) as err:
-        create_input_pipeline(cfg, local_device_count=1, process_index=0, process_count=1)
+        _pipeline(cfg)
     msg = str(err.value)
-    assert f"Data set {name!r}" in msg and str(tmp_path / "manual") in msg and "data.manual_dir" in msg
+    assert isinstance(err.value, UserError)
+    assert f"Data set {name!r} is not prepared in {tmp_path / 'tfds'}" in msg
+    assert f"the folder of its original files, {tmp_path / 'manual'}, does not exist" in msg
+    assert "data.manual_dir" in msg and "data.prepare=True" in msg
     for f in files:
         assert f in msg
+
+
+def test_missing_files_error(tmp_path):
+    """Real MNIST and Quick Draw files with one file left out; an image folder without a train split."""
+    _need(*(DATA / "mnist" / f for f in MNIST_FILES), DATA / "quickdraw_bitmap" / "apple.npy")
+    _need(DATA / "cifar10_jpeg" / "cifar10_jpeg_test.tar.gz")
+    sources = {
+        "mnist": [DATA / "mnist" / f for f in MNIST_FILES[:3]],
+        "quickdraw": [DATA / "quickdraw_bitmap" / f"{c}.npy" for c in QUICKDRAW if c != "eye"],
+        "image_folder": [DATA / "cifar10_jpeg" / "cifar10_jpeg_test.tar.gz"],
+    }
+    missing = {"mnist": MNIST_FILES[3], "quickdraw": "eye.npy", "image_folder": "{manual}/train/<class>/*"}
+    for name, files in sources.items():
+        manual = tmp_path / name
+        manual.mkdir()
+        for f in files:
+            shutil.copy(f, manual / f.name)
+        cfg = {"name": name, "data_dir": str(tmp_path / "tfds"), "manual_dir": str(manual)}
+        with pytest.raises(DataPreparationError) as err:
+            _pipeline(cfg)
+        msg = str(err.value)
+        assert f"its original files are missing: {missing[name].format(manual=manual)}." in msg
+        assert f" in {manual} (or set data.manual_dir" in msg, msg
+    assert not list((tmp_path / "tfds").rglob("dataset_info.json"))  # nothing was prepared
 
 
 def test_not_prepared_and_prepare_false(tmp_path):
     cfg = {"name": "mnist", "data_dir": str(tmp_path), "prepare": False}
     with pytest.raises(DataPreparationError, match="not prepared .* data.prepare=False"):
-        create_input_pipeline(cfg, local_device_count=1, process_index=0, process_count=1)
+        _pipeline(cfg)
 
 
 def test_wrong_checksum_error(tmp_path):
@@ -369,8 +417,49 @@ def test_wrong_checksum_error(tmp_path):
     labels.write_bytes(bytes(data))
     cfg = {"name": "mnist", "data_dir": str(tmp_path / "tfds"), "manual_dir": str(manual)}
     with pytest.raises(DataPreparationError, match="wrong size or checksum") as err:
-        create_input_pipeline(cfg, local_device_count=1, process_index=0, process_count=1)
+        _pipeline(cfg)
     assert "t10k-labels-idx1-ubyte.gz" in str(err.value) and str(manual) in str(err.value)
+
+
+class _FailingBuilder:
+    """Stands in for a tfds builder whose ``download_and_prepare`` raises ``error``."""
+
+    url_infos = None  # no registered checksums to compare before preparing
+    data_dir = ""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+    def download_and_prepare(self, download_config):
+        raise self.error
+
+
+def test_tfds_checksum_error_and_interrupts(tmp_path, monkeypatch):
+    """tfds 4.9 raises ``NonMatchingChecksumError`` from ``core.download.download_manager`` (it has no
+    ``tfds.download.NonMatchingChecksumError``): that one becomes a DataPreparationError naming the files;
+    any other exception, KeyboardInterrupt included, propagates unchanged."""
+    import tensorflow_datasets as tfds
+
+    from spinal_jax.data import tfds_builders
+
+    _need(*(DATA / "mnist" / f for f in MNIST_FILES))
+    checksum_error = tfds.core.download.download_manager.NonMatchingChecksumError
+    assert tfds_builders.checksum_errors(tfds) == (checksum_error,)
+    cfg = validate_data_config(
+        {"name": "mnist", "data_dir": str(tmp_path / "tfds"), "manual_dir": str(DATA / "mnist")}
+    )
+    raised = [checksum_error("Artifact x has wrong checksum"), KeyboardInterrupt(), RuntimeError("disk full")]
+    for error in raised:
+        monkeypatch.setattr(tfds_builders, "make_builder", lambda config, e=error: _FailingBuilder(e))
+        expected = DataPreparationError if error is raised[0] else type(error)
+        with pytest.raises(expected) as err:
+            tfds_builders.prepare_with_tfds(cfg)
+        if expected is DataPreparationError:
+            msg = str(err.value)
+            assert "wrong size or checksum (tfds: Artifact x has wrong checksum)" in msg
+            assert all(f in msg for f in MNIST_FILES) and str(DATA / "mnist") in msg
+        else:
+            assert err.value is error
 
 
 # -- reading prepared data without tfds --------------------------------------------------------------------
@@ -457,14 +546,101 @@ def test_corrupt_prepared_folder_errors(mnist_config, tmp_path):
     copy = tmp_path / "mnist" / source.name
     shutil.copytree(source, copy)
     (copy / "mnist-test.array_record-00000-of-00001").unlink()
-    with pytest.raises(FileNotFoundError, match="copied incompletely") as err:
+    with pytest.raises(DataPreparationError, match="copied incompletely") as err:
         read_prepared(copy).open_split("test")
     assert "mnist-test.array_record-00000-of-00001" in str(err.value)
+    assert f"or delete {copy} and run again with data.prepare=True" in str(err.value)
     (copy / "features.json").write_text("{")
-    with pytest.raises(ValueError, match="not a usable prepared data set") as err:
-        bad = _config(mnist_config, data_dir=str(tmp_path))
-        create_input_pipeline(bad, local_device_count=1, process_index=0, process_count=1)
-    assert str(copy) in str(err.value) and "data.prepare=True" in str(err.value)
+    with pytest.raises(DataPreparationError, match="not a usable prepared data set") as err:
+        _pipeline(_config(mnist_config, data_dir=str(tmp_path)))
+    assert str(copy) in str(err.value)
+    assert f"python -m spinal_jax.data --replace name=mnist data_dir={tmp_path} manual_dir=" in str(err.value)
+
+
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncated":
+        data = data[: len(data) // 4]
+    elif how == "random_bytes":
+        data = np.random.default_rng(0).bytes(len(data))
+    elif how == "flipped_bytes":  # same size, footer intact: found when the damaged records are read
+        flipped = bytearray(data)
+        for i in range(100_000, len(data) - 100_000, 50_000):
+            flipped[i] ^= 0xFF
+        data = bytes(flipped)
+    else:
+        assert how == "empty"
+        data = b""
+    path.write_bytes(data)
+
+
+@pytest.mark.parametrize("how", ["truncated", "random_bytes", "flipped_bytes", "empty"])
+def test_damaged_array_record_file(mnist_config, tmp_path, how):
+    """A copy of the prepared MNIST whose test file is damaged: reading it (in grain's reader threads) is
+    one DataPreparationError naming the file and giving the command that prepares the set again."""
+    source = find_version(dataset_dir(mnist_config))
+    copy = tmp_path / "mnist" / source.name
+    shutil.copytree(source, copy)
+    path = copy / "mnist-test.array_record-00000-of-00001"
+    _damage(path, how)
+    pipe = _pipeline(_config(mnist_config, data_dir=str(tmp_path), prepare=False))
+    for read in (lambda: list(pipe.eval_batches("test")), lambda: pipe.labels("test")):
+        with pytest.raises(DataPreparationError) as err:
+            read()
+        msg = str(err.value)
+        assert f"The prepared data set in {copy} is damaged: {path} cannot be read (" in msg
+        assert msg.endswith(
+            f"Prepare it again from the original files: python -m spinal_jax.data --replace name=mnist "
+            f"data_dir={tmp_path} manual_dir={DATA / 'mnist'}"
+        )
+        assert "\n" not in msg
+
+
+def test_damaged_file_repaired_by_the_command_in_the_message(quickdraw_config, tmp_path):
+    """The command a damaged-file message gives prepares the set again: the same batches as before."""
+    cfg = _config(
+        quickdraw_config,
+        data_dir=str(tmp_path / "tfds"),
+        per_class_cap=120,
+        validation_per_class=10,
+        test_per_class=10,
+        batch_size=60,
+    )
+    want = next(_pipeline(cfg).train_iterator())
+    version = find_version(dataset_dir(cfg))
+    (train_file,) = version.glob("*-train.array_record-*")
+    _damage(train_file, "truncated")
+    with pytest.raises(DataPreparationError) as err:
+        next(_pipeline(cfg).train_iterator())
+    command = str(err.value).split("Prepare it again from the original files: ", 1)[1]
+    assert "classes=apple,bicycle,cat,diamond,eye,fish per_class_cap=120" in command
+    argv = shlex.split(command)
+    assert argv[:4] == ["python", "-m", "spinal_jax.data", "--replace"]
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, *argv[1:]], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == str(version)
+    got = next(_pipeline(cfg).train_iterator())
+    np.testing.assert_array_equal(got["image"], want["image"])
+    np.testing.assert_array_equal(got["label"], want["label"])
+
+
+def test_prepare_command_line_errors(tmp_path):
+    """``python -m spinal_jax.data`` with a bad field or missing files: one line on stderr, exit status 2."""
+    repo = Path(__file__).resolve().parents[1]
+    for args, message in (
+        (["nmae=mnist"], "error: 'nmae=mnist': give FIELD=VALUE with a data config field"),
+        (["name=mnist", "batch_size=0"], "error: data.batch_size: must be a positive integer, got 0."),
+        (
+            ["name=quickdraw", f"data_dir={tmp_path}", f"manual_dir={tmp_path / 'none'}"],
+            f"the folder of its original files, {tmp_path / 'none'}, does not exist",
+        ),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "spinal_jax.data", *args], cwd=repo, capture_output=True, text=True
+        )
+        assert out.returncode == 2 and message in out.stderr, out.stderr[-3000:]
+        assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
 
 
 def test_damaged_records_error(tmp_path):
@@ -483,7 +659,7 @@ def test_damaged_records_error(tmp_path):
     source = SplitSource([path])
     assert len(source) == 2
     for i in range(2):
-        with pytest.raises(ValueError, match="not an image classification example") as err:
+        with pytest.raises(DataPreparationError, match="not an image classification example") as err:
             source[i]
         assert str(path) in str(err.value) and "data.prepare=True" in str(err.value)
 

@@ -104,9 +104,10 @@ def prepare_with_tfds(config: ml_collections.ConfigDict) -> Path:
     try:
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
     except checksum_errors(tfds) as err:  # only these: anything else (Ctrl-C too) propagates as it is
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataPreparationError(
-            f"Data set {config.name!r}: a file in {manual} has the wrong size or checksum (tfds: "
-            f"{str(err).splitlines()[0] if str(err) else err!r}). Replace it with the original release "
-            f"file ({', '.join(expected_files(config, spec))}; source: {spec.source})."
+            f"Data set {config.name!r}: a file in {manual} has the wrong size or checksum (tfds: {detail}). "
+            f"Replace it with the original release file ({', '.join(expected_files(config, spec))}; "
+            f"source: {spec.source})."
         ) from err
     return Path(builder.data_dir)
