@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -460,6 +461,67 @@ def test_tfds_checksum_error_and_interrupts(tmp_path, monkeypatch):
             assert all(f in msg for f in MNIST_FILES) and str(DATA / "mnist") in msg
         else:
             assert err.value is error
+
+
+# -- the data-set registry -------------------------------------------------------------------------------
+def test_a_new_builder_needs_only_its_catalog_entry(tmp_path, monkeypatch):
+    """A data set with a builder of its own plugs in through one ``DatasetSpec`` entry naming its
+    ``DatasetKind``: finding, checking, preparing and reading need nothing else. Here the builder (defined
+    in this test) takes the first 60 train and 20 test digits of the real MNIST files."""
+    import tensorflow_datasets as tfds
+
+    from spinal_jax.data import catalog
+    from spinal_jax.data.kinds import DatasetKind
+    from spinal_jax.data.qmnist_builder import encode_png
+
+    _need(*(DATA / "mnist" / f for f in MNIST_FILES))
+
+    def digits(manual: Path, prefix: str, n: int):
+        with gzip.open(manual / f"{prefix}-images-idx3-ubyte.gz") as f:
+            images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)[:n]
+        return images, _idx_labels(manual / f"{prefix}-labels-idx1-ubyte.gz")[:n]
+
+    class FirstMnistDigits(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+        MANUAL_DOWNLOAD_INSTRUCTIONS = "The four MNIST idx files."
+
+        def _info(self):
+            features = {
+                "image": tfds.features.Image(shape=(28, 28, 1), encoding_format="png"),
+                "label": tfds.features.ClassLabel(num_classes=10),
+            }
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+
+        def _split_generators(self, dl_manager):
+            manual = Path(dl_manager.manual_dir)
+            return {
+                "train": self._generate_examples(manual, "train", 60),
+                "test": self._generate_examples(manual, "t10k", 20),
+            }
+
+        def _generate_examples(self, manual, prefix, n):
+            for i, (image, label) in enumerate(zip(*digits(manual, prefix, n), strict=True)):
+                yield i, {"image": encode_png(image), "label": int(label)}
+
+    kind = DatasetKind(
+        "first_digits",
+        lambda tfds, spec, config, data_dir, manual: FirstMnistDigits(
+            data_dir=data_dir, file_format="array_record"
+        ),
+    )
+    spec = dataclasses.replace(
+        catalog.DATASETS["mnist"], name="first_digits", kind=kind, tfds_name="first_mnist_digits"
+    )
+    monkeypatch.setitem(catalog.DATASETS, "first_digits", spec)
+    cfg = {"name": "first_digits", "data_dir": str(tmp_path), "batch_size": 9, "augment": "none"}
+    pipe = _pipeline(cfg)
+    assert pipe.num_examples == {"train": 54, "validation": 6, "test": 20}
+    assert find_version(tmp_path / "first_mnist_digits") is not None
+    x, y = pipe.device_split("test")
+    images, labels = digits(DATA / "mnist", "t10k", 20)
+    raw = np.rint((x * 0.3081 + 0.1307) * 255).astype(np.uint8)[..., 0]
+    got = sorted(zip(map(bytes, raw), y.tolist(), strict=True))
+    assert got == sorted(zip(map(bytes, images), labels.tolist(), strict=True))
 
 
 # -- reading prepared data without tfds --------------------------------------------------------------------

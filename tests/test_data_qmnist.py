@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 
 from spinal_jax.data import DataPreparationError, create_input_pipeline, default_data_config, prepare_dataset
-from spinal_jax.data.catalog import QMNIST_FILES
 from spinal_jax.data.config import validate_data_config
+from spinal_jax.data.qmnist_builder import QMNIST_FILES
 from spinal_jax.data.tfds_builders import make_builder
+from spinal_jax.errors import UserError
 from tests.training_helpers.tf_free_site import tf_free_site
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,7 +162,8 @@ def test_missing_file_error(tmp_path):
     with pytest.raises(DataPreparationError) as err:
         create_input_pipeline(_cfg(tmp_path), local_device_count=1, process_index=0, process_count=1)
     msg = str(err.value)
-    assert "Data set 'qmnist'" in msg and f"missing: {QMNIST_FILES[3]}." in msg
+    assert isinstance(err.value, UserError)
+    assert "Data set 'qmnist'" in msg and f"its original files are missing: {QMNIST_FILES[3]}." in msg
     assert str(tmp_path / "manual") in msg and "data.manual_dir" in msg and "facebookresearch/qmnist" in msg
     for f in QMNIST_FILES:
         assert f in msg
@@ -194,6 +196,7 @@ def test_bad_file_error(tmp_path, case):
     with pytest.raises(DataPreparationError) as err:
         create_input_pipeline(_cfg(tmp_path), local_device_count=1, process_index=0, process_count=1)
     msg = str(err.value)
+    assert isinstance(err.value, UserError) and "Replace it with the original release file" in msg
     assert "Data set 'qmnist'" in msg and str(tmp_path / "manual" / name) in msg and fragment in msg
     assert not list((tmp_path / "tfds").rglob("dataset_info.json"))  # nothing was prepared
 

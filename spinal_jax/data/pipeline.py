@@ -45,6 +45,18 @@ def _divisible(batch: int, devices: int) -> list[int]:
     return [b for b in (lo, hi) if b > 0]
 
 
+def _check_divisible(c: ml_collections.ConfigDict, local_device_count: int, process_count: int) -> None:
+    """A ``DataConfigError`` unless both global batch sizes divide over all devices of all processes."""
+    devices = local_device_count * process_count
+    for key in ("batch_size", "eval_batch_size"):
+        if c[key] % devices:
+            raise DataConfigError(
+                f"data.{key}={c[key]} does not divide over {devices} devices ({local_device_count} local "
+                f"x {process_count} processes); use a multiple of {devices}, e.g. "
+                f"{' or '.join(map(str, _divisible(c[key], devices)))}."
+            )
+
+
 class _TrainRecords:
     """Random-access view of this process's infinite train stream: position -> (record, label)."""
 
@@ -141,13 +153,7 @@ class InputPipeline:
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} must be in [0, process_count={process_count}).")
         devices = local_device_count * process_count
-        for key in ("batch_size", "eval_batch_size"):
-            if c[key] % devices:
-                raise DataConfigError(
-                    f"data.{key}={c[key]} does not divide over {devices} devices ({local_device_count} local "
-                    f"x {process_count} processes); use a multiple of {devices}, e.g. "
-                    f"{' or '.join(map(str, _divisible(c[key], devices)))}."
-                )
+        _check_divisible(c, local_device_count, process_count)
         self.global_batch_size = c.batch_size
         self.per_device_batch_size = c.batch_size // devices
         self.per_device_eval_batch_size = c.eval_batch_size // devices
