@@ -1,13 +1,14 @@
 """Fine-tuning modes for a pretrained backbone with a fresh head, as optax transformations.
 
-* ``'full'``: every layer trained by the same optimiser (the reference's transfer recipe, spec §2.7);
+* ``'full'``: every layer trained by the same optimiser (the reference's transfer recipe,
+  docs/SPINALNET.md, "Transfer learning");
 * ``'linear_probe'``: the backbone frozen (``optax.set_to_zero``), only the head trained;
 * ``'separate_lr'``: head and backbone each with an optimiser of their own (e.g. other learning rates).
 
-The head is the top-level params subtree ``'fc'`` (ResNets) or ``'classifier'`` (VGG), see
-:func:`spinal_jax.pretrained.head_name`. In ``'linear_probe'`` the backbone's BatchNorm layers still
-normalise with batch statistics when the model runs with ``train=True``; keep their running averages
-with :func:`keep_backbone_batch_stats`.
+The head is the top-level params subtree named by the model's registry entry (``head_path``:
+``'fc'`` for the ResNets, ``'classifier'`` for VGG; :func:`spinal_jax.models.head_path`). In
+``'linear_probe'`` the backbone's BatchNorm layers still normalise with batch statistics when the
+model runs with ``train=True``; keep their running averages with :func:`keep_backbone_batch_stats`.
 
 The trainer (``train.py --config.pretrained=PATH --config.finetune.mode=MODE``) uses
 :func:`create_optimizer`, :func:`adapt_train_state` and :func:`load_pretrained_state`.
@@ -53,7 +54,7 @@ def finetune_transform(
         backbone's updates zeroed) or 'separate_lr' (``head_tx`` on the head, ``backbone_tx`` on the rest).
       head_tx: optimiser of the head (of everything in 'full').
       backbone_tx: optimiser of the backbone; required by 'separate_lr' only.
-      head: head subtree name, ``'fc'`` or ``'classifier'``.
+      head: head subtree name (the registry entry's ``head_path``), e.g. ``'fc'`` or ``'classifier'``.
     """
     if mode not in MODES:
         raise ValueError(f"Unknown fine-tuning mode {mode!r}: use one of {MODES}.")
@@ -115,10 +116,10 @@ def create_optimizer(config: Any, learning_rate: float | optax.Schedule) -> opta
     mode = settings.get("mode", "full")
     if mode == "full":
         return optim.create_optimizer(config.optim, learning_rate)
-    from spinal_jax.pretrained import head_name
+    from spinal_jax.models import head_path
 
     structure = optimizer_structure(
-        mode, head_name(config.model.name), float(settings.get("backbone_lr_multiplier", 0.1))
+        mode, head_path(config.model.name), float(settings.get("backbone_lr_multiplier", 0.1))
     )
     return optim.create_optimizer(config.optim, learning_rate, structure)
 
@@ -143,10 +144,10 @@ def adapt_train_state(config: Any, state: Any) -> Any:
     the optimiser, its statistics here); unchanged otherwise. Call it before restoring a checkpoint."""
     if (config.get("finetune") or {}).get("mode", "full") != "linear_probe":
         return state
-    from spinal_jax.pretrained import head_name
+    from spinal_jax.models import head_path
 
     fields = {name: getattr(state, name) for name in state.__dataclass_fields__}
-    fields["head"] = head_name(config.model.name)
+    fields["head"] = head_path(config.model.name)
     return LinearProbeTrainState(**fields)
 
 
@@ -155,7 +156,8 @@ def load_pretrained_state(config: Any, model: Any, state: Any) -> Any:
 
     Every non-head parameter and BatchNorm statistic becomes the pretrained one, bit for bit; the head
     (``fc`` / ``classifier``, with the config's classes and head kind) stays as initialised, and the
-    optimiser state is re-initialised. Raises FileNotFoundError when the path does not exist and
+    optimiser state is re-initialised. Raises :class:`spinal_jax.pretrained.WeightsFileNotFoundError`
+    (a FileNotFoundError) when the path does not exist and
     :class:`spinal_jax.pretrained.StateDictMismatchError` when the weights are not of
     ``config.model.name``, each naming the fix.
     """
@@ -164,7 +166,7 @@ def load_pretrained_state(config: Any, model: Any, state: Any) -> Any:
     path = os.fspath(config.pretrained)
     arch = config.model.name
     if not os.path.exists(path):
-        raise FileNotFoundError(
+        raise pretrained.WeightsFileNotFoundError(
             f"config.pretrained={path!r} does not exist. Give the directory written by "
             f"`python -m spinal_jax.convert WEIGHTS.pth DIR --arch {arch}`, or a torchvision/timm "
             ".pth/.safetensors file of that architecture."

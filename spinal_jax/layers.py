@@ -266,12 +266,10 @@ class SpinalFC(nn.Module):
     def _param_index(self, i: int) -> int:
         return min(i, 1) if self.share_weights else i
 
-    @nn.compact
-    def __call__(self, x: Array, train: bool = False) -> Array:
-        self._check()
+    def _parameters(self, s: int) -> tuple[Array, Array | None, Array]:
+        """``input_kernel (L, s, w)``, ``hidden_kernel (L-1, w, w)`` (None when k = 1), ``bias (L, w)``,
+        each initialised as the reference's ``nn.Linear(s, w)`` / ``nn.Linear(s + w, w)``."""
         k, w = self.num_layers, self.width
-        chunks = self._chunks(x)  # (B, k, s)
-        s = chunks.shape[-1]
         stored = min(k, 2) if self.share_weights else k
 
         def input_init(key: Array, shape: Sequence[int], dtype: Dtype) -> Array:
@@ -293,52 +291,72 @@ class SpinalFC(nn.Module):
             self.param("hidden_kernel", hidden_init, (stored - 1, w, w), self.param_dtype) if k > 1 else None
         )
         bias = self.param("bias", bias_init, (stored, w), self.param_dtype)
-        chunks, input_kernel, hidden_kernel, bias = nn.dtypes.promote_dtype(
-            chunks, input_kernel, hidden_kernel, bias, dtype=self.dtype
-        )
-        act = _activation(self.activation)
-        drops = [nn.Dropout(self.dropout_rate, name=f"dropout_{i}") for i in range(k)]
-        deterministic = not train or self.dropout_rate == 0.0
+        return input_kernel, hidden_kernel, bias
 
-        if self.fused:
-            chunks = (
-                jnp.stack(
-                    [drops[i](chunks[:, i], deterministic=deterministic) for i in range(k)],
-                    axis=1,
-                )
-                if not deterministic
-                else chunks
+    def _finish(self, pre: Array, i: int, train: bool) -> Array:
+        """Sub-layer i's BatchNorm (``use_bn``) and activation on its ``(B, w)`` pre-activation."""
+        if self.use_bn:
+            pre = batch_norm(
+                train, self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype, name=f"bn_{i}"
+            )(pre)
+        return _activation(self.activation)(pre)
+
+    def _fused(
+        self, chunks: Array, weights: tuple[Array, Array | None, Array], drops: list[nn.Dropout], train: bool
+    ) -> list[Array]:
+        """The k sub-layer outputs ``(B, w)``: one batched matmul for every input-chunk projection, then
+        the sequential w x w recurrence. ``chunks`` is ``(B, k, s)``."""
+        input_kernel, hidden_kernel, bias = weights
+        deterministic = not train or self.dropout_rate == 0.0
+        if not deterministic:
+            chunks = jnp.stack(
+                [drops[i](chunks[:, i], deterministic=False) for i in range(self.num_layers)], axis=1
             )
-            layer_of = np.array([self._param_index(i) for i in range(k)])
-            # One batched matmul for every input-chunk projection: (B, k, s) x (k, s, w) -> (B, k, w).
-            projected = jnp.einsum("bks,ksw->bkw", chunks, input_kernel[layer_of]) + bias[layer_of]
-        outputs = []
-        z = None
-        for i in range(k):
+        layer_of = np.array([self._param_index(i) for i in range(self.num_layers)])
+        # (B, k, s) x (k, s, w) -> (B, k, w).
+        projected = jnp.einsum("bks,ksw->bkw", chunks, input_kernel[layer_of]) + bias[layer_of]
+        outputs: list[Array] = []
+        for i in range(self.num_layers):
+            pre = projected[:, i]
+            if outputs:
+                z_in = drops[i](outputs[-1], deterministic=deterministic)
+                pre = pre + z_in @ hidden_kernel[self._param_index(i) - 1]
+            outputs.append(self._finish(pre, i, train))
+        return outputs
+
+    def _literal(
+        self, chunks: Array, weights: tuple[Array, Array | None, Array], drops: list[nn.Dropout], train: bool
+    ) -> list[Array]:
+        """The k sub-layer outputs computed layer by layer, as the reference: Linear i on
+        ``concat[chunk_i, z_{i-1}]``."""
+        input_kernel, hidden_kernel, bias = weights
+        deterministic = not train or self.dropout_rate == 0.0
+        outputs: list[Array] = []
+        for i in range(self.num_layers):
             p = self._param_index(i)
-            if self.fused:
-                pre = projected[:, i]
-                if z is not None:
-                    z_in = drops[i](z, deterministic=deterministic)
-                    pre = pre + z_in @ hidden_kernel[p - 1]
+            if outputs:
+                inp = jnp.concatenate([chunks[:, i], outputs[-1]], axis=-1)
+                kernel = jnp.concatenate([input_kernel[p], hidden_kernel[p - 1]], axis=0)
             else:
-                inp = chunks[:, i] if z is None else jnp.concatenate([chunks[:, i], z], axis=-1)
-                inp = drops[i](inp, deterministic=deterministic)
-                kernel = (
-                    input_kernel[p]
-                    if z is None
-                    else jnp.concatenate([input_kernel[p], hidden_kernel[p - 1]], axis=0)
-                )
-                pre = inp @ kernel + bias[p]
-            if self.use_bn:
-                pre = batch_norm(
-                    train, self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype, name=f"bn_{i}"
-                )(pre)
-            z = act(pre)
-            outputs.append(z)
-        features = jnp.concatenate(outputs, axis=-1)
+                inp, kernel = chunks[:, i], input_kernel[p]
+            inp = drops[i](inp, deterministic=deterministic)
+            outputs.append(self._finish(inp @ kernel + bias[p], i, train))
+        return outputs
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        """``(B, D)`` features (``(B, H, W, C)`` when ``spatial``) -> ``(B, num_classes)`` logits, or the
+        ``(B, k*w)`` concatenated sub-layer outputs when ``num_classes`` is None."""
+        self._check()
+        chunks = self._chunks(x)  # (B, k, s)
+        weights = self._parameters(chunks.shape[-1])
+        chunks, *weights = nn.dtypes.promote_dtype(chunks, *weights, dtype=self.dtype)
+        drops = [nn.Dropout(self.dropout_rate, name=f"dropout_{i}") for i in range(self.num_layers)]
+        layers = self._fused if self.fused else self._literal
+        features = jnp.concatenate(layers(chunks, tuple(weights), drops, train), axis=-1)
         if self.num_classes is None:
             return features
+        deterministic = not train or self.dropout_rate == 0.0
         features = nn.Dropout(self.dropout_rate, name="dropout_out")(features, deterministic=deterministic)
         return Dense(
             self.num_classes,
@@ -363,7 +381,11 @@ def spinal_head_param_count(
     num_splits: int = 2,
     use_bn: bool = False,
 ) -> int:
-    """The spec's formula (§1.4) for a head's trainable parameters (BN affine counted, stats not)."""
+    """Trainable parameters of a :class:`SpinalFC` with a readout (BN affine counted, statistics not).
+
+    With split size s = round(in_features / num_splits): ``k*s*w`` (input kernels) + ``(k-1)*w*w``
+    (hidden kernels) + ``k*w`` (biases) + ``k*w*C + C`` (readout), plus ``2*k*w`` with BatchNorm.
+    """
     s = int(round(in_features / num_splits))
     k, w, c = num_layers, width, num_classes
     count = k * s * w + (k - 1) * w * w + k * w + k * w * c + c

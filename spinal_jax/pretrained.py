@@ -17,7 +17,9 @@ timm's ResNets use torchvision's names; timm's VGG ``pre_logits.fc1/fc2`` (7x7 a
 ``head.fc`` are read as ``classifier.0/3/6``.
 
 ``.pth`` files are read with ``torch.load(weights_only=True)`` (torch is imported only there), which
-refuses arbitrary pickled objects; ``.safetensors`` files need only the ``safetensors`` package.
+refuses arbitrary pickled objects; ``.safetensors`` files need only the ``safetensors`` package. A file
+that cannot be used (missing, empty, damaged, not weights, not of the arch) raises a
+:class:`~spinal_jax.errors.UserError` whose message names the file, the problem and the fix.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import functools
 import os
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,32 +37,45 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from spinal_jax.errors import UserError
 from spinal_jax.models import create_model, get_spec
 from spinal_jax.models.resnet import RESNET_CONFIGS
 from spinal_jax.models.vgg import VGG_CONFIGS
 
 SUPPORTED_ARCHS: tuple[str, ...] = (*RESNET_CONFIGS, *VGG_CONFIGS)
-HEAD_NAMES: dict[str, str] = {"resnet": "fc", "vgg": "classifier"}
-_MODEL_HEADS: dict[str, str] = {"ResNet": "fc", "VGG": "classifier"}  # model class -> head subtree
 MAX_LISTED = 5  # mismatches listed per kind in an error message
+_RESAVE = "download it again, or re-save the weights with torch.save(model.state_dict(), path)"
 
 Variables = dict[str, Any]
 FlatKey = tuple[str, ...]  # (collection, module, ..., leaf)
 
 
-class StateDictMismatchError(ValueError):
+class StateDictMismatchError(UserError, ValueError):
     """A state dict or variable tree does not fit the architecture it is loaded into."""
 
 
+class WeightsFileError(UserError, ValueError):
+    """A weights file that cannot be read: empty, damaged or truncated, not weights, or unsafe."""
+
+
+class WeightsFileNotFoundError(UserError, FileNotFoundError):
+    """No weights file (or converted checkpoint) at the given path."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """The output directory of a conversion exists already."""
+
+
 def head_name(arch: str) -> str:
-    """Name of the head subtree of a supported arch: ``'fc'`` (ResNets) or ``'classifier'`` (VGG)."""
+    """The head subtree of a supported arch, its registry entry's ``head_path``: ``'fc'`` (ResNets)
+    or ``'classifier'`` (VGG)."""
     _check_arch(arch)
-    return HEAD_NAMES[get_spec(arch).family]
+    return get_spec(arch).head_path
 
 
 def _check_arch(arch: str) -> None:
     if arch not in SUPPORTED_ARCHS:
-        raise ValueError(f"Unsupported arch {arch!r}: use one of {', '.join(SUPPORTED_ARCHS)}.")
+        raise UserError(f"Unsupported arch {arch!r}: use one of {', '.join(SUPPORTED_ARCHS)}.")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -75,19 +91,22 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     ``{torch key: float32 (or integer) numpy array}``.
 
     Raises:
-      FileNotFoundError: no such file.
-      ValueError: the file holds pickled objects other than tensors and plain containers (refused
-        without running them), or values that are not tensors.
+      WeightsFileNotFoundError: no such file.
+      WeightsFileError: the file is empty, damaged or truncated, not a weights file, holds pickled
+        objects other than tensors and plain containers (refused without running them), or values
+        that are not tensors.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"No weights file at {path!r}.")
-    if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-
-        raw: Mapping[str, Any] = load_file(path)
-    else:
-        raw = _torch_load(path)
+        raise WeightsFileNotFoundError(
+            f"No weights file at {path!r}. Fix: check the path, or download the torchvision/timm "
+            "weights (.pth or .safetensors) first."
+        )
+    if os.path.getsize(path) == 0:
+        raise WeightsFileError(
+            f"{path!r} is empty (0 bytes): the download or copy did not finish. Fix: {_RESAVE}."
+        )
+    raw = _safetensors_load(path) if path.endswith(".safetensors") else _torch_load(path)
     state = _unwrap(raw, path)
     out: dict[str, np.ndarray] = {}
     bad = []
@@ -98,36 +117,81 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
             continue
         out[key.removeprefix("module.")] = array
     if bad:
-        raise ValueError(
+        raise WeightsFileError(
             f"{path!r} is not a state dict of tensors: {len(bad)} value(s) are not tensors, e.g. "
             f"{', '.join(bad[:MAX_LISTED])}. Save `model.state_dict()` (torch.save or safetensors)."
         )
     return out
 
 
+def _one_line(err: BaseException, marker: str = "") -> str:
+    """The line of ``err``'s message containing ``marker`` (else its first), at most 200 characters."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    picked = next((line for line in lines if marker and marker in line), lines[0])
+    return picked.split(". Please")[0].rstrip(".")[:200]
+
+
+def _safetensors_load(path: str) -> Mapping[str, Any]:
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(path)
+    except Exception as e:  # safetensors raises its own error type for every malformed file
+        raise WeightsFileError(
+            f"{path!r} is not a readable safetensors file ({_one_line(e)}): it is damaged, truncated or "
+            f"not safetensors. Fix: {_RESAVE} (or safetensors.torch.save_file)."
+        ) from e
+
+
+def _check_torch_format(path: str) -> None:
+    """A torch.save file is a zip archive (PyTorch >= 1.6) or a pickle (protocol 2+, first byte 0x80)."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic.startswith(b"PK"):
+        if not zipfile.is_zipfile(path):
+            raise WeightsFileError(
+                f"{path!r} is a damaged or truncated torch.save archive (its zip directory is missing). "
+                f"Fix: {_RESAVE}."
+            )
+    elif not magic.startswith(b"\x80"):
+        raise WeightsFileError(
+            f"{path!r} is not a PyTorch weights file (neither a torch.save zip archive nor a pickle). "
+            "Fix: give a state dict written by torch.save (.pth/.pt/.bin) or a .safetensors file."
+        )
+
+
 def _torch_load(path: str) -> Any:
     try:
         import torch
     except ImportError as e:
-        raise ImportError(
+        raise UserError(
             f"Reading {path!r} needs PyTorch (`pip install 'spinal_jax[torch]'`); "
             "or convert the file to .safetensors, which needs only the `safetensors` package."
         ) from e
+    _check_torch_format(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first_line = str(e).strip().splitlines()[-1] if str(e).strip() else ""
-        raise ValueError(
+        if "Unsupported global" not in str(e):
+            raise WeightsFileError(
+                f"{path!r} is damaged or not a PyTorch weights file (torch.load: "
+                f"{_one_line(e, 'WeightsUnpickler error')}). Fix: {_RESAVE}."
+            ) from e
+        raise WeightsFileError(
             f"Refusing to load {path!r}: it pickles objects other than tensors and plain containers, "
             "and spinal_jax never unpickles arbitrary objects (torch.load(weights_only=True) rejected "
-            f"it: {first_line[:200]}). Re-save only the weights: torch.save(model.state_dict(), path) "
-            "or safetensors."
+            f"it: {_one_line(e, 'Unsupported global')}). Fix: re-save only the weights: "
+            "torch.save(model.state_dict(), path) or safetensors."
+        ) from e
+    except (EOFError, RuntimeError, OSError) as e:
+        raise WeightsFileError(
+            f"{path!r} is damaged or truncated (torch.load: {_one_line(e)}). Fix: {_RESAVE}."
         ) from e
 
 
 def _unwrap(raw: Any, path: str) -> Mapping[str, Any]:
     if not isinstance(raw, Mapping):
-        raise ValueError(
+        raise WeightsFileError(
             f"{path!r} holds a {type(raw).__name__}, not a state dict; save `model.state_dict()`."
         )
     for key in ("state_dict", "model", "state_dict_ema"):
@@ -330,7 +394,7 @@ def save_converted(
     _check_arch(arch)
     directory = os.path.abspath(os.fspath(directory))
     if os.path.exists(directory):
-        raise FileExistsError(f"{directory!r} exists; choose a new directory or remove it first.")
+        raise OutputExistsError(f"{directory!r} exists; choose a new directory or remove it first.")
     head = variables["params"][head_name(arch)]
     out_kernel = head["fc_6"]["kernel"] if "fc_6" in head else head["kernel"]
     meta = {
@@ -354,7 +418,7 @@ def load_converted(directory: str | os.PathLike) -> tuple[Variables, dict]:
 
     directory = os.path.abspath(os.fspath(directory))
     if not os.path.isdir(os.path.join(directory, "meta")):
-        raise FileNotFoundError(
+        raise WeightsFileNotFoundError(
             f"{directory!r} is not a converted checkpoint (no 'meta' item); write one with "
             "`python -m spinal_jax.convert SRC DST --arch ARCH`."
         )
@@ -389,11 +453,12 @@ def _flax_shape(torch_shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _infer_head(converted: Variables) -> str:
-    heads = [h for h in HEAD_NAMES.values() if h in converted.get("params", {})]
+    names = sorted({head_name(arch) for arch in SUPPORTED_ARCHS})
+    heads = [h for h in names if h in converted.get("params", {})]
     if len(heads) != 1:
-        raise ValueError(
+        raise StateDictMismatchError(
             "Cannot tell the pretrained head: the converted params should have exactly one of "
-            f"{sorted(HEAD_NAMES.values())} at the top level, found {sorted(converted.get('params', {}))}."
+            f"{names} at the top level, found {sorted(converted.get('params', {}))}."
         )
     return heads[0]
 
@@ -475,10 +540,9 @@ def init_from_pretrained(
             )
     else:
         converted, arch = convert_file(path, arch)
-    family = type(model).__name__
-    if HEAD_NAMES.get(get_spec(arch).family) != _MODEL_HEADS.get(family):
+    if type(model).__module__.rsplit(".", 1)[-1] != get_spec(arch).family:
         raise StateDictMismatchError(
-            f"{path!r} holds {arch!r} weights, which do not fit a {family} model; build the model with "
-            f"create_model({arch!r}, num_classes, head=...)."
+            f"{path!r} holds {arch!r} weights, which do not fit a {type(model).__name__} model; build the "
+            f"model with create_model({arch!r}, num_classes, head=...)."
         )
     return load_pretrained_backbone(variables, converted, head=head_name(arch))

@@ -18,9 +18,9 @@ cost (a fixed ~30 ms per program, then time growing with the program's size):
   seconds). The gradient pass's logits are the "jit" side of jit equals no-jit, against the forward op
   by op; the family's whole-model jit equals no-jit is test_imagenet_models.py's ResNet-18 case.
 
-Measured on the 2-core VM, the 16 ImageNet ResNet cases in one process (docs/perf_notes.md, ninth
-session): 79.8 s with a whole-model jitted forward per case, 70.6 s with conftest's elemental emitters,
-55.6 s with the op-by-op forward and the draws below.
+Measured on a 2-core VM, the 16 ImageNet ResNet cases in one process (docs/perf_notes.md): 79.8 s with
+a whole-model jitted forward per case, 70.6 s with conftest's elemental emitters, 55.6 s with the
+op-by-op forward and the draws below.
 
 Variables are drawn with NumPy at the shapes ``model.init`` gives (``jax.eval_shape``: no init compile,
 which for the ImageNet-size models costs more than the checked step), each from a generator seeded by
@@ -46,7 +46,17 @@ import pytest
 from family_helpers.fast_compile import jit_fast
 from family_helpers.real_images import real_batch
 
-from spinal_jax.models import create_model, get_spec, list_models, resnet
+from spinal_jax.models import (
+    HEADS,
+    DefaultHeadConfig,
+    HeadConfig,
+    SpinalHeadConfig,
+    create_model,
+    get_spec,
+    list_models,
+    make_head,
+    resnet,
+)
 
 BATCH = 2
 
@@ -213,3 +223,53 @@ def test_wrong_input_shape_is_rejected(name):
     wrong = jnp.zeros((1, h, w, c + 1))
     with pytest.raises(ValueError, match=re.escape(str(tuple(wrong.shape)))):
         jax.eval_shape(model.init, jax.random.key(0), wrong)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_registry_head_path_holds_exactly_the_head(name):
+    """The registry entry's head_path is the one top-level subtree that changes with the head kind."""
+    spec = get_spec(name)
+    x = jax.ShapeDtypeStruct((1, *spec.input_shape), jnp.float32)
+    trees = {
+        head: jax.eval_shape(create_model(name, 3, head=head).init, jax.random.key(0), x)["params"]
+        for head in HEADS
+    }
+    assert spec.head_path in trees["default"] and spec.head_path in trees["spinal"]
+    backbone = {head: {k: v for k, v in tree.items() if k != spec.head_path} for head, tree in trees.items()}
+    assert jax.tree.structure(backbone["default"]) == jax.tree.structure(backbone["spinal"])
+    assert set(trees["default"]) == set(trees["spinal"])
+
+
+def test_spinal_overrides_set_the_head_config():
+    model = create_model("vgg5", 10, spinal_width=32, spinal_layers=3, spinal_dropout=0.0, spinal_bn=False)
+    assert model.head_cfg.spinal == SpinalHeadConfig(width=32, num_layers=3)
+    assert model.head_cfg.default == get_spec("vgg5").head_cfg.default
+    direct = create_model("vgg5", 10, head_cfg=model.head_cfg)
+    assert direct.head_cfg == model.head_cfg
+    assert create_model("cifar_vgg11_bn", 10, dropout_rate=0.25).head_cfg.default.dropout == 0.25
+
+
+@pytest.mark.parametrize(
+    "name, overrides, message",
+    [
+        ("vgg5", {"spinal_widht": 3}, "spinal_widht"),  # a typo: the model has no such field
+        ("mnist_arch2", {"spinal_layers": 3}, "spinal_layers"),  # its stacks have fixed depths
+        ("cifar_resnet18", {"spinal_splits": 3}, "spinal_splits"),  # the spatial head reads positions
+        ("resnet18", {"dropout_rate": 0.5}, "dropout_rate"),  # a single Linear has no dropout
+    ],
+)
+def test_overrides_a_model_cannot_honour_raise_type_error(name, overrides, message):
+    with pytest.raises(TypeError, match=message):
+        create_model(name, 10, **overrides)
+
+
+def test_make_head_builds_either_kind():
+    cfg = HeadConfig(spinal=SpinalHeadConfig(width=4, num_layers=2), default=DefaultHeadConfig(hidden=(6,)))
+    x = jnp.ones((2, 8))
+    for kind, want in (("spinal", {"input_kernel", "hidden_kernel", "bias", "readout"}), ("default", None)):
+        head = make_head(kind, cfg, 3, name="head")
+        params = head.init(jax.random.key(0), x)["params"]
+        assert head.apply({"params": params}, x).shape == (2, 3)
+        assert set(params) == (want or {"fc_0", "fc_1"})
+    with pytest.raises(ValueError, match="Unknown head 'wide'"):
+        make_head("wide", cfg, 3)

@@ -108,7 +108,7 @@ def test_resnet50_exact_count_and_other_class_counts():
 
 
 def _spinal_count(d: int, w: int, c: int, k: int = 4, bn: bool = False) -> int:
-    s = d // 2  # spec §1.4, halves
+    s = d // 2  # halves
     return k * s * w + (k - 1) * w * w + k * w + k * w * c + c + (2 * k * w if bn else 0)
 
 

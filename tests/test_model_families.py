@@ -1,6 +1,7 @@
 """The small-input families (MNIST CNN, Arch2, VGG-5, CIFAR CNN / VGG-BN / ResNet).
 
-Parameter counts against the spec (§1.4) and against layer-by-layer formulas written here; NumPy
+Parameter counts against the paper's published counts (docs/SPINALNET.md, "The head") and against
+layer-by-layer formulas written here; NumPy
 re-implementations of the MNIST models, VGG-5, the CIFAR CNN and the SpinalResNet head (flatten order,
 stack order, spatial order) on real MNIST / CIFAR-10 images; the channel-first flatten; initialisers;
 bad input. Every model's forward, gradient, bf16 and train mode on real images: test_all_models.py.
@@ -51,7 +52,7 @@ SMALL_MODELS = (
 
 
 def spinal_head(d: int, k: int, w: int, c: int | None, bn: bool = False, splits: int = 2) -> int:
-    """§1.4: k*s*w + (k-1)*w^2 + k*w (+ readout k*w*C + C) (+ BN 2kw)."""
+    """A spinal head's parameters: k*s*w + (k-1)*w^2 + k*w (+ readout k*w*C + C) (+ BN 2kw)."""
     s = d // splits
     count = k * s * w + (k - 1) * w * w + k * w
     count += 0 if c is None else k * w * c + c
@@ -86,8 +87,8 @@ def mlp(*widths: int) -> int:
     return sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
 
 
-# (model, classes, head): (backbone, head) parameters. Numbers written as literals are the spec's (§1.4,
-# table and brief); the others come from the formulas above.
+# (model, classes, head): (backbone, head) parameters. Numbers written as literals are the published
+# counts (docs/SPINALNET.md, "The head" and the family sections); the others come from the formulas above.
 EXPECTED = {
     ("mnist_cnn", 10, "default"): (5_280, 16_560),
     ("mnist_cnn", 10, "spinal"): (5_280, 8_538),
@@ -128,7 +129,7 @@ EXPECTED = {
         )
     },
 }
-TOTALS = {  # spec §1.4, baseline -> spinal totals
+TOTALS = {  # published totals, baseline -> spinal
     ("mnist_cnn", 10, "default"): 21_840,
     ("mnist_cnn", 10, "spinal"): 13_818,
     ("mnist_arch2", 10, "spinal"): 395_120,
@@ -167,8 +168,8 @@ def test_parameter_counts_split_into_backbone_and_head(key):
         assert _size(params) == TOTALS[key]
 
 
-def test_spec_formula_pins_the_formula_used_for_other_counts():
-    # The formula above reproduces the spec's literal numbers, so the rows computed with it are anchored.
+def test_published_counts_pin_the_formula_used_for_other_counts():
+    # The formula above reproduces the published numbers, so the rows computed with it are anchored.
     assert spinal_head(320, 6, 8, 10) == 8_538
     assert spinal_head(320, 6, 10, 10) == 10_770
     assert spinal_head(256, 4, 128, 62, bn=True) == 148_030
@@ -264,7 +265,8 @@ def _nchw_flat(x: np.ndarray) -> np.ndarray:
 
 
 def _spinal(chunks: list[np.ndarray], p: dict) -> np.ndarray:
-    """§1.2 with reference Linear i = concat[input_kernel[i], hidden_kernel[i-1]]; chunks per sub-layer."""
+    """z_i = ReLU(Linear_i([chunk_i, z_{i-1}])) with reference Linear i = concat[input_kernel[i],
+    hidden_kernel[i-1]]; chunks per sub-layer."""
     z, outs = None, []
     for i, chunk in enumerate(chunks):
         inp = chunk if z is None else np.concatenate([chunk, z], axis=1)

@@ -7,7 +7,11 @@ Needs the ``torch`` extra (torch, torchvision, safetensors); skipped without it.
 from __future__ import annotations
 
 import functools
+import os
 import pathlib
+import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +24,7 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 
 from spinal_jax import pretrained  # noqa: E402
 from spinal_jax.convert import main as convert_main  # noqa: E402
+from spinal_jax.errors import UserError  # noqa: E402
 from spinal_jax.models import create_model  # noqa: E402
 from spinal_jax.models.vgg import adaptive_avg_pool  # noqa: E402
 from tests.training_helpers.torch_models import random_torchvision_model  # noqa: E402
@@ -282,6 +287,80 @@ def test_cli_reports_errors(tmp_path, capsys):
     (tmp_path / "exists").mkdir()
     assert convert_main([str(src), str(tmp_path / "exists")]) == 2
     assert "exists; choose a new directory" in capsys.readouterr().err
+
+
+def _damaged_files(tmp_path: pathlib.Path) -> dict[str, pathlib.Path]:
+    """Real small weights files (a Linear's state dict), then damaged: random bytes, truncated, empty."""
+    state = torch.nn.Linear(64, 32).state_dict()
+    good_pth, good_st = tmp_path / "good.pth", tmp_path / "good.safetensors"
+    torch.save(state, good_pth)
+    safetensors_torch.save_file(state, str(good_st))
+    legacy = tmp_path / "legacy.pth"
+    torch.save(state, legacy, _use_new_zipfile_serialization=False)
+    rng = np.random.default_rng(0)
+    files = {}
+    for kind, good in (("pth", good_pth), ("safetensors", good_st), ("legacy.pth", legacy)):
+        data = good.read_bytes()
+        for damage, content in (
+            ("random", rng.integers(0, 256, len(data), dtype=np.uint8).tobytes()),
+            ("truncated", data[: len(data) // 2]),
+            ("empty", b""),
+        ):
+            path = tmp_path / f"{damage}.{kind}"
+            path.write_bytes(content)
+            files[f"{damage}.{kind}"] = path
+    return files
+
+
+@pytest.mark.parametrize(
+    "name, problem",
+    [
+        ("random.pth", "not a PyTorch weights file"),
+        ("truncated.pth", "damaged or truncated"),
+        ("empty.pth", "is empty"),
+        ("truncated.legacy.pth", "damaged or truncated"),
+        ("random.safetensors", "not a readable safetensors file"),
+        ("truncated.safetensors", "not a readable safetensors file"),
+        ("empty.safetensors", "is empty"),
+        ("missing.pth", "No weights file"),
+    ],
+)
+def test_cli_bad_weights_file_is_one_line_and_status_2(name, problem, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("SPINAL_TRACEBACK", raising=False)
+    src = _damaged_files(tmp_path).get(name, tmp_path / name)
+    assert convert_main([str(src), str(tmp_path / "out"), "--arch", "resnet18"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    assert err.startswith("error: ") and str(src) in err and problem in err, err
+    assert "Fix:" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_damaged_files_raise_user_errors(tmp_path):
+    for name, path in _damaged_files(tmp_path).items():
+        with pytest.raises(UserError, match=re.escape(str(path))):
+            pretrained.load_state_dict(path)
+        assert name  # every damaged kind raised
+    with pytest.raises(FileNotFoundError):  # still a FileNotFoundError for callers that catch that
+        pretrained.load_state_dict(tmp_path / "nope.safetensors")
+
+
+def test_cli_subprocess_prints_no_traceback(tmp_path):
+    src = _damaged_files(tmp_path)["truncated.pth"]
+    env = {k: v for k, v in os.environ.items() if k != "SPINAL_TRACEBACK"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "spinal_jax.convert", str(src), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env={**env, "JAX_PLATFORMS": "cpu"},
+        cwd=pathlib.Path(__file__).resolve().parents[1],
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "damaged or truncated" in lines[0] and str(src) in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_head_on_vgg_fc_is_impossible():

@@ -1,4 +1,5 @@
-"""SpinalFC against an independent NumPy implementation of the spec's §1.2 formula.
+"""SpinalFC against an independent NumPy implementation of the spinal formula (docs/SPINALNET.md,
+"The head"): z_i = act(Linear_i([chunk_i, z_{i-1}])), logits = Linear_out([z_1 ... z_k]).
 
 The reference below works on PyTorch-layout weights (a Linear W_i of shape (w, in_i)) and builds the
 input chunks literally: tile the flattened input until it is long enough and cut it into pieces of

@@ -1,7 +1,7 @@
 """Building blocks shared by the small-input families (MNIST CNN, VGG-5, CIFAR CNN / VGG / ResNet).
 
 Every family model is ``features`` (a backbone submodule) followed by ``head`` (the classifier
-submodule), so that the head's parameters are exactly ``params['head']``.
+submodule, :mod:`spinal_jax.models.heads`), so that the head's parameters are exactly ``params['head']``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from spinal_jax.layers import Conv, Dense, Initializer, batch_norm, max_pool, torch_kernel_init
+from spinal_jax.layers import Conv, Initializer, batch_norm, max_pool, torch_kernel_init
 
 Dtype = Any
 M = "M"  # a 2x2 max-pool in a VGG cfg
@@ -119,53 +119,4 @@ class VGGFeatures(nn.Module):
                 name=f"block_{index}",
             )(x, train)
             index += 1
-        return x
-
-
-class MLPHead(nn.Module):
-    """A plain fully-connected classifier: per hidden width Dropout -> Dense -> [BN] -> ReLU, then
-    Dropout -> Dense(num_classes).
-
-    Attributes:
-      num_classes: C.
-      hidden: hidden widths, e.g. ``(1024, 512)``.
-      dropout: one rate before each Dense (``len(hidden) + 1`` of them; 0 = no dropout there).
-      use_bn: BatchNorm1d after each hidden Dense.
-      bias_init: Dense bias initialiser (None = PyTorch's).
-    Children ``fc_{i}`` and ``bn_{i}``. Input ``(B, D)``, output ``(B, num_classes)``.
-    """
-
-    num_classes: int
-    hidden: Sequence[int]
-    dropout: Sequence[float]
-    use_bn: bool = False
-    bias_init: Initializer | None = None
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    bn_axis_name: str | None = None
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        if len(self.dropout) != len(self.hidden) + 1:
-            raise ValueError(
-                f"MLPHead: give one dropout rate per Dense ({len(self.hidden) + 1}), got {len(self.dropout)}."
-            )
-        widths = [*self.hidden, self.num_classes]
-        for i, (width, rate) in enumerate(zip(widths, self.dropout, strict=True)):
-            if rate > 0:
-                x = nn.Dropout(rate, name=f"dropout_{i}")(x, deterministic=not train)
-            x = Dense(
-                width,
-                bias_init=self.bias_init,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name=f"fc_{i}",
-            )(x)
-            if i == len(self.hidden):
-                break
-            if self.use_bn:
-                x = batch_norm(
-                    train, self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype, name=f"bn_{i}"
-                )(x)
-            x = nn.relu(x)
         return x

@@ -1,6 +1,7 @@
-"""The CIFAR-10/100 families of the reference (spec §2.4-2.6): the "CNN_dropout" CNN, VGG-11/13/16/19-BN
-for 32x32 inputs, and the reference's non-standard ResNet-18/34, each with its baseline head or its
-spinal head. Every model is ``features`` (backbone) followed by ``head``.
+"""The CIFAR-10/100 families of the reference: the "CNN_dropout" CNN, VGG-11/13/16/19-BN for 32x32
+inputs, and the reference's non-standard ResNet-18/34, each with its baseline head or its spinal head
+(docs/SPINALNET.md, "CIFAR CNN", "CIFAR VGG", "CIFAR ResNet"). Every model is ``features`` (backbone)
+followed by ``head``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from spinal_jax.layers import Dense, SpinalFC, flatten_channels_first, kaiming_normal_fan_out, max_pool
-from spinal_jax.models.blocks import ConvBN, MLPHead, VGGFeatures, check_image_shape
-from spinal_jax.models.common import check_head
+from spinal_jax.layers import flatten_channels_first, kaiming_normal_fan_out, max_pool
+from spinal_jax.models.blocks import ConvBN, VGGFeatures, check_image_shape
+from spinal_jax.models.heads import DefaultHeadConfig, HeadConfig, SpinalHeadConfig, check_head, model_head
 from spinal_jax.models.registry import register_model
 from spinal_jax.models.vgg import VGG_CONFIGS
 
@@ -22,14 +23,31 @@ Dtype = Any
 INPUT_SHAPE = (32, 32, 3)
 _EXACT_32 = (32, 32)
 
+# Each spinal width rule below is the reference's: w for CIFAR-10 (C <= 10), w for CIFAR-100.
 
-def _small_or_large(num_classes: int, small: int, large: int) -> int:
-    """The reference's width rule: ``small`` for CIFAR-10 (C <= 10), ``large`` for CIFAR-100."""
-    return small if num_classes <= 10 else large
+# Baseline: Dropout(.1) -> 4096->1024 -> ReLU -> 1024->512 -> ReLU -> Dropout(.1) -> 512->C.
+# Spinal: halves of 4096, k=4, w=128/256, dropout 0.1 before every Linear, no BN.
+CIFAR_CNN_HEAD = HeadConfig(
+    spinal=SpinalHeadConfig(class_widths=(128, 256), num_layers=4, dropout=0.1),
+    default=DefaultHeadConfig(hidden=(1024, 512), dropout=0.1, dropout_at=(True, False, True)),
+)
+# Baseline: 512->4096 -> ReLU -> Dropout -> 4096->4096 -> ReLU -> Dropout -> 4096->C.
+# Spinal: halves of 512, k=4, w=512, dropout 0.5 before every Linear, no BN.
+CIFAR_VGG_HEAD = HeadConfig(
+    spinal=SpinalHeadConfig(width=512, num_layers=4, dropout=0.5),
+    default=DefaultHeadConfig(hidden=(4096, 4096), dropout=0.5, dropout_at=(False, True, True)),
+)
+# Baseline: Linear(256->C) with a zero bias. Spinal: one spatial position of the 256x2x2 map per
+# sub-layer, k=4, w=256/512, no dropout or BN, zero readout bias (its sub-layer biases keep PyTorch's
+# default).
+CIFAR_RESNET_HEAD = HeadConfig(
+    spinal=SpinalHeadConfig(class_widths=(256, 512), num_layers=4, spatial=True, zero_readout_bias=True),
+    default=DefaultHeadConfig(zero_bias=True),
+)
 
 
 # ----------------------------------------------------------------------------------------------
-# CNN_dropout (§2.4)
+# CNN_dropout
 
 # (channels, BatchNorm?) of each conv3x3, per stage; every stage ends with a 2x2 max-pool.
 _CNN_STAGES = (((32, True), (64, False)), ((128, True), (128, False)), ((256, True), (256, False)))
@@ -67,10 +85,9 @@ class CifarCNN(nn.Module):
     Attributes:
       num_classes: C.
       head: 'default' (Dropout(.1) -> 4096->1024 -> ReLU -> 1024->512 -> ReLU -> Dropout(.1) -> 512->C)
-        or 'spinal' (SpinalFC, halves of 2048, k=4, dropout 0.1 before every Linear, no BN).
-      spinal_width: w; None = the reference's 128 for C <= 10, 256 otherwise.
-      spinal_layers, spinal_dropout: k and the spinal head's dropout.
-      dropout_rate: dropout of the baseline head.
+        or 'spinal' (SpinalFC, halves of 4096, k=4, dropout 0.1 before every Linear, no BN; w = 128 for
+        C <= 10, 256 otherwise, unless ``head_cfg.spinal.width`` is set).
+      head_cfg: both heads' settings (:class:`~spinal_jax.models.heads.HeadConfig`).
       dtype: compute dtype (None = float32); param_dtype: parameter dtype.
       bn_axis_name: pmap axis over which BatchNorm statistics are averaged in training.
     Input ``(B, 32, 32, 3)`` float images; output float32 logits ``(B, C)``.
@@ -78,10 +95,7 @@ class CifarCNN(nn.Module):
 
     num_classes: int = 10
     head: str = "spinal"
-    spinal_width: int | None = None
-    spinal_layers: int = 4
-    spinal_dropout: float = 0.1
-    dropout_rate: float = 0.1
+    head_cfg: HeadConfig = CIFAR_CNN_HEAD
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
@@ -94,32 +108,11 @@ class CifarCNN(nn.Module):
             dtype=self.dtype, param_dtype=self.param_dtype, bn_axis_name=self.bn_axis_name, name="features"
         )(x, train)
         x = flatten_channels_first(x)  # (B, 4096), PyTorch order: the first half is channels 0..127
-        if self.head == "spinal":
-            width = self.spinal_width or _small_or_large(self.num_classes, 128, 256)
-            x = SpinalFC(
-                width,
-                self.num_classes,
-                num_layers=self.spinal_layers,
-                dropout_rate=self.spinal_dropout,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name="head",
-            )(x, train)
-        else:
-            rate = self.dropout_rate
-            x = MLPHead(
-                self.num_classes,
-                hidden=(1024, 512),
-                dropout=(rate, 0.0, rate),
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name="head",
-            )(x, train)
-        return x.astype(jnp.float32)
+        return model_head(self, "head")(x, train).astype(jnp.float32)
 
 
 # ----------------------------------------------------------------------------------------------
-# VGG-BN for 32x32 (§2.5)
+# VGG-BN for 32x32
 
 
 class CifarVGG(nn.Module):
@@ -131,8 +124,7 @@ class CifarVGG(nn.Module):
       num_classes: C.
       head: 'default' (512->4096 -> ReLU -> Dropout -> 4096->4096 -> ReLU -> Dropout -> 4096->C) or
         'spinal' (SpinalFC on halves of 512, k=4, w=512, dropout 0.5 before every Linear, no BN).
-      spinal_width, spinal_layers, spinal_dropout: the spinal head's settings.
-      dropout_rate: dropout of the baseline head.
+      head_cfg: both heads' settings (:class:`~spinal_jax.models.heads.HeadConfig`).
       dtype: compute dtype (None = float32); param_dtype: parameter dtype.
       bn_axis_name: pmap axis over which BatchNorm statistics are averaged in training.
     Input ``(B, H, W, 3)`` float images with 32 <= H, W <= 63 (the five pools must leave 1x1); output
@@ -142,10 +134,7 @@ class CifarVGG(nn.Module):
     cfg: Sequence[int | str] = VGG_CONFIGS["vgg19_bn"]
     num_classes: int = 10
     head: str = "spinal"
-    spinal_width: int = 512
-    spinal_layers: int = 4
-    spinal_dropout: float = 0.5
-    dropout_rate: float = 0.5
+    head_cfg: HeadConfig = CIFAR_VGG_HEAD
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
@@ -163,31 +152,11 @@ class CifarVGG(nn.Module):
             name="features",
         )(x, train)
         x = flatten_channels_first(x)  # (B, 512)
-        if self.head == "spinal":
-            x = SpinalFC(
-                self.spinal_width,
-                self.num_classes,
-                num_layers=self.spinal_layers,
-                dropout_rate=self.spinal_dropout,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name="head",
-            )(x, train)
-        else:
-            rate = self.dropout_rate
-            x = MLPHead(
-                self.num_classes,
-                hidden=(4096, 4096),
-                dropout=(0.0, rate, rate),
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name="head",
-            )(x, train)
-        return x.astype(jnp.float32)
+        return model_head(self, "head")(x, train).astype(jnp.float32)
 
 
 # ----------------------------------------------------------------------------------------------
-# The reference's CIFAR ResNet (§2.6)
+# The reference's CIFAR ResNet
 
 
 class CifarBasicBlock(nn.Module):
@@ -271,20 +240,20 @@ class CifarResNet(nn.Module):
       num_classes: C.
       head: 'default' (MaxPool(4, stride 1) -> 256 -> Linear(256->C)) or 'spinal' (MaxPool(2, 2) ->
         256x2x2 -> SpinalFC reading one spatial position per sub-layer, (0,0), (0,1), (1,0), (1,1),
-        no dropout or BN).
-      spinal_width: w; None = the reference's 256 for C <= 10, 512 otherwise.
+        no dropout or BN; w = 256 for C <= 10, 512 otherwise, unless ``head_cfg.spinal.width`` is set).
+      head_cfg: both heads' settings (:class:`~spinal_jax.models.heads.HeadConfig`).
       stem_dropout: the stem's Dropout2d rate (0.02 in the reference).
       dtype: compute dtype (None = float32); param_dtype: parameter dtype.
       bn_axis_name: pmap axis over which BatchNorm statistics are averaged in training.
     Init: convs He normal fan_out, BN 1/0, Linear kernels PyTorch's default with zero biases (the
-    spinal head's readout bias is zero too; its sub-layer biases keep PyTorch's default, as SpinalFC
-    does not expose their initialiser). Input ``(B, 32, 32, 3)``; output float32 logits ``(B, C)``.
+    spinal head's readout bias is zero too; its sub-layer biases keep PyTorch's default). Input
+    ``(B, 32, 32, 3)``; output float32 logits ``(B, C)``.
     """
 
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
     num_classes: int = 10
     head: str = "spinal"
-    spinal_width: int | None = None
+    head_cfg: HeadConfig = CIFAR_RESNET_HEAD
     stem_dropout: float = 0.02
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
@@ -303,28 +272,9 @@ class CifarResNet(nn.Module):
             bn_axis_name=self.bn_axis_name,
             name="features",
         )(x, train)
-        if self.head == "spinal":
-            width = self.spinal_width or _small_or_large(self.num_classes, 256, 512)
-            x = SpinalFC(
-                width,
-                self.num_classes,
-                num_layers=4,
-                spatial=True,
-                readout_bias_init=nn.initializers.zeros,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name="head",
-            )(max_pool(x, 2, 2), train)
-        else:
-            x = flatten_channels_first(max_pool(x, 4, 1))  # (B, 256)
-            x = Dense(
-                self.num_classes,
-                bias_init=nn.initializers.zeros,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name="head",
-            )(x)
-        return x.astype(jnp.float32)
+        # The spinal head reads the 256x2x2 map, the Linear head the 256 features of a 4x4 max-pool.
+        x = max_pool(x, 2, 2) if self.head == "spinal" else flatten_channels_first(max_pool(x, 4, 1))
+        return model_head(self, "head")(x, train).astype(jnp.float32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -334,7 +284,10 @@ _C10 = dict(input_shape=INPUT_SHAPE, num_classes=10)
 
 
 @register_model(
-    "cifar_cnn", description="CIFAR CNN_dropout (6 convs, 4096 features); spinal k=4, w=128/256", **_C10
+    "cifar_cnn",
+    description="CIFAR CNN_dropout (6 convs, 4096 features); spinal k=4, w=128/256",
+    head_cfg=CIFAR_CNN_HEAD,
+    **_C10,
 )
 def cifar_cnn(num_classes: int, head: str, **overrides: Any) -> CifarCNN:
     return CifarCNN(num_classes=num_classes, head=head, **overrides)
@@ -346,6 +299,7 @@ def _register_vgg(depth: int) -> None:
     @register_model(
         f"cifar_vgg{depth}_bn",
         description=f"VGG-{depth}-BN for 32x32 (512 features); spinal k=4, w=512, dropout 0.5",
+        head_cfg=CIFAR_VGG_HEAD,
         **_C10,
     )
     def build(num_classes: int, head: str, **overrides: Any) -> CifarVGG:
@@ -356,6 +310,7 @@ def _register_resnet(depth: int, stage_sizes: tuple[int, ...]) -> None:
     @register_model(
         f"cifar_resnet{depth}",
         description=f"the reference's CIFAR ResNet-{depth} (256x4x4); spatial spinal head, w=256/512",
+        head_cfg=CIFAR_RESNET_HEAD,
         **_C10,
     )
     def build(num_classes: int, head: str, **overrides: Any) -> CifarResNet:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import jax
 
-from spinal_jax.models.registry import HEADS
+from spinal_jax.models.heads import check_head
+
+__all__ = ["check_head", "check_images"]
 
 
 def check_images(x: jax.Array, channels: int, min_size: int, model: str) -> None:
@@ -14,8 +16,3 @@ def check_images(x: jax.Array, channels: int, min_size: int, model: str) -> None
             f"{model} expects NHWC images of shape (batch, H, W, {channels}) with H, W >= {min_size}, "
             f"got shape {tuple(x.shape)}."
         )
-
-
-def check_head(head: str, model: str) -> None:
-    if head not in HEADS:
-        raise ValueError(f"{model}: unknown head {head!r}, use one of {HEADS}.")

@@ -1,4 +1,4 @@
-"""The MNIST default CNN and the multi-stage "Arch2" spinal CNN (spec §2.1, §2.2, table 1.3).
+"""The MNIST default CNN and the multi-stage "Arch2" spinal CNN (docs/SPINALNET.md, "MNIST CNN").
 
 Both share the reference's two-conv backbone (``features``): conv1 (1->10, 5x5) -> MaxPool 2 -> ReLU
 gives 10x12x12; conv2 (10->20, 5x5) -> Dropout2d(0.5) -> MaxPool 2 -> ReLU gives 20x4x4 = 320.
@@ -14,13 +14,25 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from spinal_jax.layers import Conv, Dense, SpinalFC, flatten_channels_first, max_pool
-from spinal_jax.models.blocks import MLPHead, check_image_shape
-from spinal_jax.models.common import check_head
+from spinal_jax.layers import Conv, flatten_channels_first, max_pool
+from spinal_jax.models.blocks import check_image_shape
+from spinal_jax.models.heads import DefaultHeadConfig, HeadConfig, SpinalHeadConfig, check_head, model_head
 from spinal_jax.models.registry import register_model
 
 Dtype = Any
 INPUT_SHAPE = (28, 28, 1)
+
+# The reference's baseline for both: Linear(320->50) -> ReLU -> Dropout(0.5) -> Linear(50->C).
+_BASELINE = DefaultHeadConfig(hidden=(50,), dropout=0.5, dropout_at=(False, True))
+# Spinal: k=6 sub-layers of width 8 on halves of the 320 features, no dropout or BN (the
+# EMNIST-digits script used w=10).
+MNIST_CNN_HEAD = HeadConfig(spinal=SpinalHeadConfig(width=8, num_layers=6), default=_BASELINE)
+# Arch2: stacks on halves of the raw pixels (k=10), the conv1 map (k=8) and the conv2 map (k=8), w=30
+# for MNIST (50 for EMNIST-digits / KMNIST / QMNIST, 300 for Fashion-MNIST).
+MNIST_ARCH2_HEAD = HeadConfig(
+    spinal=SpinalHeadConfig(width=30, stacks=(("raw", 10), ("conv1", 8), ("conv2", 8)), stack_hidden=50),
+    default=_BASELINE,
+)
 
 
 def _check_input(x: jax.Array, model: str) -> None:
@@ -43,30 +55,21 @@ class MnistFeatures(nn.Module):
         return conv1, nn.relu(max_pool(conv2, 2))
 
 
-def _default_head(num_classes: int, dtype: Dtype | None, param_dtype: Dtype) -> MLPHead:
-    """The reference's baseline: Linear(320->50) -> ReLU -> Dropout(0.5) -> Linear(50->C)."""
-    return MLPHead(
-        num_classes, hidden=(50,), dropout=(0.0, 0.5), dtype=dtype, param_dtype=param_dtype, name="head"
-    )
-
-
 class MnistCNN(nn.Module):
-    """The MNIST default CNN with its baseline head or the spinal head (k=6 sub-layers on halves of 320).
+    """The MNIST default CNN with its baseline head or the spinal head.
 
     Attributes:
       num_classes: C.
-      head: 'default' (320->50->C with dropout 0.5) or 'spinal' (SpinalFC, no dropout or BN).
-      spinal_width: w of each sub-layer (8 for MNIST; the EMNIST-digits script used 10).
-      spinal_layers: k (6 in the reference).
+      head: 'default' (320->50->C with dropout 0.5) or 'spinal' (SpinalFC, k=6, w=8, no dropout or BN).
+      head_cfg: both heads' settings (:class:`~spinal_jax.models.heads.HeadConfig`).
       dtype: compute dtype (None = float32); param_dtype: parameter dtype.
-      bn_axis_name: unused (the model has no BatchNorm); kept for the common model interface.
+      bn_axis_name: pmap axis of the head's BatchNorm, if it has one (the backbone has none).
     Input ``(B, 28, 28, 1)`` float images; output float32 logits ``(B, C)``.
     """
 
     num_classes: int = 10
     head: str = "spinal"
-    spinal_width: int = 8
-    spinal_layers: int = 6
+    head_cfg: HeadConfig = MNIST_CNN_HEAD
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
@@ -77,59 +80,23 @@ class MnistCNN(nn.Module):
         _check_input(x, "mnist_cnn")
         _, conv2 = MnistFeatures(dtype=self.dtype, param_dtype=self.param_dtype, name="features")(x, train)
         features = flatten_channels_first(conv2)  # (B, 320)
-        if self.head == "spinal":
-            logits = SpinalFC(
-                self.spinal_width,
-                self.num_classes,
-                num_layers=self.spinal_layers,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name="head",
-            )(features, train)
-        else:
-            logits = _default_head(self.num_classes, self.dtype, self.param_dtype)(features, train)
-        return logits.astype(jnp.float32)
-
-
-class Arch2Head(nn.Module):
-    """Arch2's head: three spinal stacks (no readout each) on halves of the raw pixels (k=10), the
-    conv1 map (k=8) and the conv2 map (k=8), concatenated as [raw, conv1, conv2] (26w) ->
-    Linear(26w->50) -> ReLU -> Linear(50->C).
-
-    Children ``raw``, ``conv1``, ``conv2`` (SpinalFC), ``fc1``, ``fc2``. Inputs ``(B, 784)``,
-    ``(B, 1440)``, ``(B, 320)``, all flattened channel-first; output ``(B, C)``.
-    """
-
-    num_classes: int
-    width: int = 30
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, raw: jax.Array, conv1: jax.Array, conv2: jax.Array, train: bool = False) -> jax.Array:
-        def stack(layers: int, name: str) -> SpinalFC:
-            return SpinalFC(
-                self.width, None, num_layers=layers, dtype=self.dtype, param_dtype=self.param_dtype, name=name
-            )
-
-        z = jnp.concatenate(
-            [stack(10, "raw")(raw, train), stack(8, "conv1")(conv1, train), stack(8, "conv2")(conv2, train)],
-            axis=-1,
-        )
-        z = nn.relu(Dense(50, dtype=self.dtype, param_dtype=self.param_dtype, name="fc1")(z))
-        return Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc2")(z)
+        return model_head(self, "head")(features, train).astype(jnp.float32)
 
 
 class MnistArch2(nn.Module):
-    """The multi-stage spinal CNN "Arch2": the MNIST CNN's backbone with :class:`Arch2Head`.
+    """The multi-stage spinal CNN "Arch2": the MNIST CNN's backbone with a stacked spinal head.
 
-    ``head='default'`` is the default CNN's baseline head (320->50->C) on the same backbone, i.e. the
-    same network as ``mnist_cnn`` with ``head='default'``: the reference has no separate Arch2 baseline.
+    The spinal head (:class:`~spinal_jax.models.heads.StackedSpinalHead`, children ``raw``, ``conv1``,
+    ``conv2``, ``fc1``, ``fc2``) reads the pixels ``(B, 784)``, the conv1 map ``(B, 1440)`` and the conv2
+    map ``(B, 320)``, all flattened channel-first: [raw (k=10), conv1 (k=8), conv2 (k=8)] (26w) ->
+    Linear(26w->50) -> ReLU -> Linear(50->C). ``head='default'`` is the default CNN's baseline head
+    (320->50->C) on the same backbone, i.e. the same network as ``mnist_cnn`` with ``head='default'``:
+    the reference has no separate Arch2 baseline.
 
     Attributes:
       num_classes: C.
       head: 'default' or 'spinal'.
-      spinal_width: w of every stack (30 for MNIST; 50 EMNIST-digits/KMNIST/QMNIST; 300 Fashion).
+      head_cfg: both heads' settings; ``spinal.width`` is w of every stack (30 for MNIST).
       dtype / param_dtype / bn_axis_name: as :class:`MnistCNN`.
     Input ``(B, 28, 28, 1)`` float images (normalised: the raw stack reads them as they are); output
     float32 logits ``(B, C)``.
@@ -137,7 +104,7 @@ class MnistArch2(nn.Module):
 
     num_classes: int = 10
     head: str = "spinal"
-    spinal_width: int = 30
+    head_cfg: HeadConfig = MNIST_ARCH2_HEAD
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
@@ -149,18 +116,12 @@ class MnistArch2(nn.Module):
         conv1, conv2 = MnistFeatures(dtype=self.dtype, param_dtype=self.param_dtype, name="features")(
             x, train
         )
+        head = model_head(self, "head")
         if self.head == "spinal":
-            logits = Arch2Head(
-                self.num_classes,
-                width=self.spinal_width,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name="head",
-            )(flatten_channels_first(x), flatten_channels_first(conv1), flatten_channels_first(conv2), train)
+            inputs = [flatten_channels_first(v) for v in (x, conv1, conv2)]
+            logits = head(*inputs, train=train)
         else:
-            logits = _default_head(self.num_classes, self.dtype, self.param_dtype)(
-                flatten_channels_first(conv2), train
-            )
+            logits = head(flatten_channels_first(conv2), train)
         return logits.astype(jnp.float32)
 
 
@@ -169,6 +130,7 @@ class MnistArch2(nn.Module):
     input_shape=INPUT_SHAPE,
     num_classes=10,
     description="MNIST default CNN (2 convs, 320 features); spinal k=6, w=8",
+    head_cfg=MNIST_CNN_HEAD,
 )
 def mnist_cnn(num_classes: int, head: str, **overrides: Any) -> MnistCNN:
     return MnistCNN(num_classes=num_classes, head=head, **overrides)
@@ -179,6 +141,7 @@ def mnist_cnn(num_classes: int, head: str, **overrides: Any) -> MnistCNN:
     input_shape=INPUT_SHAPE,
     num_classes=10,
     description="MNIST Arch2: spinal stacks on pixels, conv1 and conv2 maps; w=30",
+    head_cfg=MNIST_ARCH2_HEAD,
 )
 def mnist_arch2(num_classes: int, head: str, **overrides: Any) -> MnistArch2:
     return MnistArch2(num_classes=num_classes, head=head, **overrides)

@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from spinal_jax.layers import Conv, Dense, SpinalFC, batch_norm, kaiming_normal_fan_out, max_pool
-from spinal_jax.models.common import check_head, check_images
+from spinal_jax.layers import Conv, batch_norm, kaiming_normal_fan_out, max_pool
+from spinal_jax.models.common import check_images
+from spinal_jax.models.heads import DefaultHeadConfig, HeadConfig, SpinalHeadConfig, check_head, model_head
 from spinal_jax.models.registry import register_model
 
 Dtype = Any
@@ -34,6 +35,12 @@ RESNET_CONFIGS: dict[str, tuple[str, tuple[int, ...], int, int]] = {
     "resnext50_32x4d": ("bottleneck", (3, 4, 6, 3), 32, 4),
 }
 EXPANSION = {"basic": 1, "bottleneck": 4}
+HEAD_PATH = "fc"  # torchvision's name of the classifier
+# Default: torchvision's Linear(features, C). Spinal: the PyTorch anchor's head on the pooled features'
+# halves, w=1024, k=4, no dropout or BN, ReLU.
+RESNET_HEAD = HeadConfig(
+    spinal=SpinalHeadConfig(width=1024, num_layers=4, num_splits=2), default=DefaultHeadConfig()
+)
 
 
 class ResidualBlock(nn.Module):
@@ -103,8 +110,7 @@ class ResNet(nn.Module):
       head: 'default' (Linear(features, C), PyTorch init) or 'spinal' (SpinalFC on the pooled
         features' halves).
       groups, width_per_group: ResNeXt / wide variants (torchvision's arguments).
-      spinal_width, spinal_layers, spinal_splits, spinal_dropout, spinal_bn, spinal_activation: the
-        spinal head (defaults: the PyTorch anchor's w=1024, k=4, halves, no dropout or BN, ReLU).
+      head_cfg: both heads' settings (:class:`~spinal_jax.models.heads.HeadConfig`).
       dtype: compute dtype (None = float32); param_dtype: parameter dtype.
       bn_axis_name: pmap axis for synchronised BatchNorm in training.
     Input NHWC float images ``(B, H, W, 3)`` with H, W >= 32 (224 for ImageNet); output float32 logits
@@ -117,12 +123,7 @@ class ResNet(nn.Module):
     head: str = "default"
     groups: int = 1
     width_per_group: int = 64
-    spinal_width: int = 1024
-    spinal_layers: int = 4
-    spinal_splits: int = 2
-    spinal_dropout: float = 0.0
-    spinal_bn: bool = False
-    spinal_activation: str = "relu"
+    head_cfg: HeadConfig = RESNET_HEAD
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
@@ -162,23 +163,7 @@ class ResNet(nn.Module):
                     name=f"layer{i + 1}_{j}",
                 )(x, train)
         x = jnp.mean(x, axis=(1, 2))  # AdaptiveAvgPool2d(1) + flatten: (B, C)
-        if self.head == "spinal":
-            x = SpinalFC(
-                self.spinal_width,
-                self.num_classes,
-                num_layers=self.spinal_layers,
-                num_splits=self.spinal_splits,
-                activation=self.spinal_activation,
-                dropout_rate=self.spinal_dropout,
-                use_bn=self.spinal_bn,
-                bn_axis_name=self.bn_axis_name,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name="fc",
-            )(x, train)
-        else:
-            x = Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
-        return x.astype(jnp.float32)
+        return model_head(self, HEAD_PATH)(x, train).astype(jnp.float32)
 
 
 def _register(name: str) -> None:
@@ -189,6 +174,8 @@ def _register(name: str) -> None:
         input_shape=(224, 224, 3),
         num_classes=1000,
         description=f"torchvision {name} (ImageNet), fc or spinal head",
+        head_cfg=RESNET_HEAD,
+        head_path=HEAD_PATH,
     )
     def build(num_classes: int, head: str, **overrides: Any) -> ResNet:
         fields = dict(block=block, stage_sizes=stages, groups=groups, width_per_group=width)

@@ -10,9 +10,6 @@ import numpy as np
 
 from spinal_jax.models.registry import create_model, get_spec, list_models
 
-# Top-level parameter subtrees that hold a model's classifier head.
-HEAD_KEYS = ("head", "fc", "classifier")
-
 
 def _size(tree: Any) -> int:
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
@@ -21,12 +18,13 @@ def _size(tree: Any) -> int:
 def param_counts(
     name: str, num_classes: int | None = None, head: str = "spinal", **overrides: Any
 ) -> dict[str, int]:
-    """``{'total', 'head', 'backbone'}`` trainable-parameter counts of one model (no arrays allocated)."""
+    """``{'total', 'head', 'backbone'}`` trainable-parameter counts of one model (no arrays allocated);
+    the head is the registry entry's ``head_path`` subtree."""
     spec = get_spec(name)
     model = create_model(name, num_classes=num_classes, head=head, **overrides)
     x = jnp.zeros((1, *spec.input_shape), jnp.float32)
     params = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
-    head_count = sum(_size(v) for k, v in params.items() if k.startswith(HEAD_KEYS))
+    head_count = _size(params[spec.head_path])
     total = _size(params)
     return {"total": total, "head": head_count, "backbone": total - head_count}
 

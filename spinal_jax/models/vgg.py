@@ -17,16 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from spinal_jax.layers import (
-    Conv,
-    Dense,
-    SpinalFC,
-    batch_norm,
-    flatten_channels_first,
-    kaiming_normal_fan_out,
-    max_pool,
-)
-from spinal_jax.models.common import check_head, check_images
+from spinal_jax.layers import Conv, batch_norm, flatten_channels_first, kaiming_normal_fan_out, max_pool
+from spinal_jax.models.common import check_images
+from spinal_jax.models.heads import DefaultHeadConfig, HeadConfig, SpinalHeadConfig, check_head, model_head
 from spinal_jax.models.registry import register_model
 
 Dtype = Any
@@ -39,7 +32,15 @@ VGG_CONFIGS: dict[str, tuple[int | str, ...]] = {
     "vgg19_bn": (64, 64, M, 128, 128, M, 256, 256, 256, 256, M, 512, 512, 512, 512, M, 512, 512, 512, 512, M),
 }
 
-_linear_init = nn.initializers.normal(0.01)  # torchvision VGG: Linear N(0, 0.01), bias 0
+HEAD_PATH = "classifier"  # torchvision's name of the classifier (VGG has no ``fc``)
+# Default: torchvision's classifier (fc_0, fc_3, fc_6). Spinal: the reference's transfer-learning
+# "SpinalNet" head, w=1024, k=4, halves, dropout 0.5, BN.
+VGG_HEAD = HeadConfig(
+    spinal=SpinalHeadConfig(width=1024, num_layers=4, num_splits=2, dropout=0.5, bn=True),
+    default=DefaultHeadConfig(
+        hidden=(4096, 4096), dropout=0.5, dropout_at=(False, True, True), layout="torchvision_vgg"
+    ),
+)
 
 
 def _adaptive_bins(size: int, out: int) -> np.ndarray:
@@ -63,34 +64,6 @@ def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
     return jnp.einsum("oh,bhwc,pw->bopc", ph, x, pw)
 
 
-class VGGClassifier(nn.Module):
-    """torchvision's VGG classifier: Linear(D, 4096) ReLU Dropout Linear(4096, 4096) ReLU Dropout
-    Linear(4096, C), Linear init N(0, 0.01), bias 0. Input ``(B, D)``, output ``(B, C)``."""
-
-    num_classes: int
-    hidden: int = 4096
-    dropout_rate: float = 0.5
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        def dense(features: int, name: str) -> Dense:
-            return Dense(
-                features,
-                kernel_init=_linear_init,
-                bias_init=nn.initializers.zeros,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name=name,
-            )
-
-        for name in ("fc_0", "fc_3"):
-            x = nn.relu(dense(self.hidden, name)(x))
-            x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-        return dense(self.num_classes, "fc_6")(x)
-
-
 class VGG(nn.Module):
     """torchvision's VGG-BN: ``features`` (conv3x3 + BN + ReLU per cfg entry, 'M' = max-pool 2x2),
     AdaptiveAvgPool2d((7, 7)), channel-first flatten (25,088 features), then ``classifier``.
@@ -99,9 +72,7 @@ class VGG(nn.Module):
       cfg: channel counts and 'M' pools, e.g. ``VGG_CONFIGS['vgg16_bn']``.
       num_classes: C.
       head: 'default' (torchvision's classifier) or 'spinal' (SpinalFC named ``classifier``).
-      spinal_width, spinal_layers, spinal_splits, spinal_dropout, spinal_bn, spinal_activation: the
-        spinal head (defaults: the reference's TL "SpinalNet" head, w=1024, k=4, halves, dropout 0.5, BN).
-      dropout_rate: dropout of the default classifier.
+      head_cfg: both heads' settings (:class:`~spinal_jax.models.heads.HeadConfig`).
       dtype / param_dtype / bn_axis_name: as the model convention.
     Input NHWC float images ``(B, H, W, 3)`` with H, W >= 32; output float32 logits ``(B, C)``.
     """
@@ -109,13 +80,7 @@ class VGG(nn.Module):
     cfg: Sequence[int | str] = VGG_CONFIGS["vgg16_bn"]
     num_classes: int = 1000
     head: str = "default"
-    dropout_rate: float = 0.5
-    spinal_width: int = 1024
-    spinal_layers: int = 4
-    spinal_splits: int = 2
-    spinal_dropout: float = 0.5
-    spinal_bn: bool = True
-    spinal_activation: str = "relu"
+    head_cfg: HeadConfig = VGG_HEAD
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
@@ -150,29 +115,7 @@ class VGG(nn.Module):
             x = nn.relu(x)
             index += 3
         x = flatten_channels_first(adaptive_avg_pool(x, (7, 7)))  # (B, 512 * 7 * 7)
-        if self.head == "spinal":
-            x = SpinalFC(
-                self.spinal_width,
-                self.num_classes,
-                num_layers=self.spinal_layers,
-                num_splits=self.spinal_splits,
-                activation=self.spinal_activation,
-                dropout_rate=self.spinal_dropout,
-                use_bn=self.spinal_bn,
-                bn_axis_name=self.bn_axis_name,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name="classifier",
-            )(x, train)
-        else:
-            x = VGGClassifier(
-                self.num_classes,
-                dropout_rate=self.dropout_rate,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name="classifier",
-            )(x, train)
-        return x.astype(jnp.float32)
+        return model_head(self, HEAD_PATH)(x, train).astype(jnp.float32)
 
 
 def _register(name: str) -> None:
@@ -181,6 +124,8 @@ def _register(name: str) -> None:
         input_shape=(224, 224, 3),
         num_classes=1000,
         description=f"torchvision {name} (ImageNet), classifier or spinal head",
+        head_cfg=VGG_HEAD,
+        head_path=HEAD_PATH,
     )
     def build(num_classes: int, head: str, **overrides: Any) -> VGG:
         return VGG(cfg=VGG_CONFIGS[name], num_classes=num_classes, head=head, **overrides)

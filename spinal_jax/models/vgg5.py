@@ -1,4 +1,5 @@
-"""VGG-5 and SpinalVGG-5, the MNIST_VGG family (spec §2.3; "VGG-5" has 10 conv layers in 4 blocks).
+"""VGG-5 and SpinalVGG-5, the MNIST_VGG family ("VGG-5" has 10 conv layers in 4 blocks; docs/SPINALNET.md,
+"VGG-5").
 
 Backbone (``features``): conv3x3 (pad 1, with bias) -> BN -> ReLU, blocks [64, 64] M [128, 128] M
 [256, 256, 256] M [256, 256, 256] M; 28 -> 14 -> 7 -> 3 -> 1, so 256 features. Convs are initialised
@@ -14,15 +15,21 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from spinal_jax.layers import SpinalFC, flatten_channels_first, kaiming_normal_fan_out
-from spinal_jax.models.blocks import M, MLPHead, VGGFeatures, check_image_shape
-from spinal_jax.models.common import check_head
+from spinal_jax.layers import flatten_channels_first, kaiming_normal_fan_out
+from spinal_jax.models.blocks import M, VGGFeatures, check_image_shape
+from spinal_jax.models.heads import DefaultHeadConfig, HeadConfig, SpinalHeadConfig, check_head, model_head
 from spinal_jax.models.registry import register_model
 
 Dtype = Any
 VGG5_CONFIG: tuple[int | str, ...] = (64, 64, M, 128, 128, M, 256, 256, 256, M, 256, 256, 256, M)
 # Four floor-mode 2x2 pools leave a 1x1 map (256 features, as the reference) for 16 <= H, W <= 31.
 INPUT_SIZES = (16, 31)
+# Baseline: Dropout(.5) -> Linear(256->512) -> BN1d -> ReLU -> Dropout(.5) -> Linear(512->C).
+# Spinal: SpinalFC on halves of 256, k=4, w=128, dropout 0.5 before every Linear, BN.
+VGG5_HEAD = HeadConfig(
+    spinal=SpinalHeadConfig(width=128, num_layers=4, dropout=0.5, bn=True),
+    default=DefaultHeadConfig(hidden=(512,), dropout=0.5, dropout_at=(True, True), bn=True),
+)
 
 
 class VGG5(nn.Module):
@@ -32,8 +39,7 @@ class VGG5(nn.Module):
       num_classes: C (10 for MNIST-like sets, 47 EMNIST-balanced, 62 EMNIST-letters).
       head: 'default' (Dropout(.5) -> Linear(256->512) -> BN1d -> ReLU -> Dropout(.5) -> Linear(512->C))
         or 'spinal' (SpinalFC on halves of 256, k=4, w=128, dropout 0.5 before every Linear, BN).
-      spinal_width, spinal_layers, spinal_dropout, spinal_bn: the spinal head's settings.
-      dropout_rate: dropout of the baseline classifier.
+      head_cfg: both heads' settings (:class:`~spinal_jax.models.heads.HeadConfig`).
       dtype: compute dtype (None = float32); param_dtype: parameter dtype.
       bn_axis_name: pmap axis over which BatchNorm statistics are averaged in training.
     Input ``(B, H, W, 1)`` float images with 16 <= H, W <= 31 (28x28 in the reference); output
@@ -42,11 +48,7 @@ class VGG5(nn.Module):
 
     num_classes: int = 10
     head: str = "spinal"
-    spinal_width: int = 128
-    spinal_layers: int = 4
-    spinal_dropout: float = 0.5
-    spinal_bn: bool = True
-    dropout_rate: float = 0.5
+    head_cfg: HeadConfig = VGG5_HEAD
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
@@ -64,30 +66,7 @@ class VGG5(nn.Module):
             name="features",
         )(x, train)
         x = flatten_channels_first(x)  # (B, 256)
-        if self.head == "spinal":
-            x = SpinalFC(
-                self.spinal_width,
-                self.num_classes,
-                num_layers=self.spinal_layers,
-                dropout_rate=self.spinal_dropout,
-                use_bn=self.spinal_bn,
-                bn_axis_name=self.bn_axis_name,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name="head",
-            )(x, train)
-        else:
-            x = MLPHead(
-                self.num_classes,
-                hidden=(512,),
-                dropout=(self.dropout_rate,) * 2,
-                use_bn=True,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                bn_axis_name=self.bn_axis_name,
-                name="head",
-            )(x, train)
-        return x.astype(jnp.float32)
+        return model_head(self, "head")(x, train).astype(jnp.float32)
 
 
 @register_model(
@@ -95,6 +74,7 @@ class VGG5(nn.Module):
     input_shape=(28, 28, 1),
     num_classes=10,
     description="MNIST_VGG 'VGG-5' (10 convs, 256 features); spinal k=4, w=128, dropout+BN",
+    head_cfg=VGG5_HEAD,
 )
 def vgg5(num_classes: int, head: str, **overrides: Any) -> VGG5:
     return VGG5(num_classes=num_classes, head=head, **overrides)

@@ -2,7 +2,7 @@
 
 LLVM at -O0 and XLA:CPU's elemental emitters instead of its MLIR fusion emitters (which build an
 MLIRContext per fusion): a third to a half of the default compile time, slower code (measured in
-docs/perf_notes.md, seventh session). Per program: nothing process-wide changes, and the numbers are
+docs/perf_notes.md). Per program: nothing process-wide changes, and the numbers are
 checked against op-by-op execution (LLVM's default optimisation level) wherever it is used.
 """
 
