@@ -293,9 +293,11 @@ def progress_line(i: int, run: Run, todo: Sequence[Run], walls: dict[str, float]
     estimates = [estimate_seconds(r, walls, runs) for r in todo]
     known = sum(e for e in estimates if e is not None)
     missing = sum(e is None for e in estimates)
-    suite_eta = (
-        _duration(known) if not missing else f">= {_duration(known)} ({missing} runs not estimated yet)"
-    )
+    suite_eta = _duration(known)
+    if missing == len(todo):
+        suite_eta = "unknown until a run finishes"
+    elif missing:
+        suite_eta = f">= {suite_eta} ({missing} runs not estimated yet)"
     return (
         f"[reproduce] run {i}/{len(runs)} {run.name}: ETA {_duration(estimates[0])} for this run, "
         f"suite ETA {suite_eta} ({len(todo)} runs left)"
@@ -570,6 +572,14 @@ def _setup_logging() -> None:
     package_log.propagate = False
 
 
+def _compilation_cache(folder: Path) -> None:
+    """Keep compiled programs in ``folder`` unless a cache is set: seeds and resumes reuse them."""
+    import jax
+
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(folder))
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """Command line: see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -585,7 +595,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         print("\n".join(list_runs(name, comparisons, seeds, root)))
         return None
     _setup_logging()
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(root / name / "xla_cache"))
+    _compilation_cache(root / name / "xla_cache")
     results = run_suite(name, comparisons, seeds, root)
     if results is not None:
         print((root / name / "results.md").read_text(), flush=True)
