@@ -15,8 +15,8 @@ from flax import linen as nn
 
 from spinal_jax.layers import flatten_channels_first, kaiming_normal_fan_out, max_pool
 from spinal_jax.models.blocks import ConvBN, VGGFeatures, check_image_shape
-from spinal_jax.models.heads import DefaultHeadConfig, HeadConfig, SpinalHeadConfig, check_head, model_head
-from spinal_jax.models.registry import register_model
+from spinal_jax.models.heads import DefaultHeadConfig, HeadConfig, HeadedModel, SpinalHeadConfig
+from spinal_jax.models.registry import register_module
 from spinal_jax.models.vgg import VGG_CONFIGS
 
 Dtype = Any
@@ -79,70 +79,50 @@ class CifarCNNFeatures(nn.Module):
         return x
 
 
-class CifarCNN(nn.Module):
+class CifarCNN(HeadedModel):
     """The CIFAR "CNN_dropout" with its baseline FC stack or the spinal head on halves of 4096.
 
-    Attributes:
-      num_classes: C.
-      head: 'default' (Dropout(.1) -> 4096->1024 -> ReLU -> 1024->512 -> ReLU -> Dropout(.1) -> 512->C)
-        or 'spinal' (SpinalFC, halves of 4096, k=4, dropout 0.1 before every Linear, no BN; w = 128 for
-        C <= 10, 256 otherwise, unless ``head_cfg.spinal.width`` is set).
-      head_cfg: both heads' settings (:class:`~spinal_jax.models.heads.HeadConfig`).
-      dtype: compute dtype (None = float32); param_dtype: parameter dtype.
-      bn_axis_name: pmap axis over which BatchNorm statistics are averaged in training.
+    Fields: :class:`~spinal_jax.models.heads.HeadedModel`'s. ``head='default'``: Dropout(.1) ->
+    4096->1024 -> ReLU -> 1024->512 -> ReLU -> Dropout(.1) -> 512->C; ``'spinal'``: SpinalFC, halves of
+    4096, k=4, dropout 0.1 before every Linear, no BN; w = 128 for C <= 10, 256 otherwise, unless
+    ``head_cfg.spinal.width`` is set.
     Input ``(B, 32, 32, 3)`` float images; output float32 logits ``(B, C)``.
     """
 
-    num_classes: int = 10
-    head: str = "spinal"
     head_cfg: HeadConfig = CIFAR_CNN_HEAD
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        check_head(self.head, "cifar_cnn")
         check_image_shape(x, 3, _EXACT_32, "cifar_cnn", "its heads read the 256x4x4 map of 32x32 images")
         x = CifarCNNFeatures(
             dtype=self.dtype, param_dtype=self.param_dtype, bn_axis_name=self.bn_axis_name, name="features"
         )(x, train)
         x = flatten_channels_first(x)  # (B, 4096), PyTorch order: the first half is channels 0..127
-        return model_head(self, "head")(x, train).astype(jnp.float32)
+        return self.classify(x, train=train)
 
 
 # ----------------------------------------------------------------------------------------------
 # VGG-BN for 32x32
 
 
-class CifarVGG(nn.Module):
+class CifarVGG(HeadedModel):
     """VGG-BN for 32x32 images (cfgs A/B/D/E; conv3x3 pad 1 with bias + BN + ReLU, PyTorch default init),
     512x1x1 features, with the reference's baseline classifier or its spinal head.
 
-    Attributes:
+    Attributes (with :class:`~spinal_jax.models.heads.HeadedModel`'s):
       cfg: channel counts and 'M' pools (``spinal_jax.models.vgg.VGG_CONFIGS``).
-      num_classes: C.
-      head: 'default' (512->4096 -> ReLU -> Dropout -> 4096->4096 -> ReLU -> Dropout -> 4096->C) or
-        'spinal' (SpinalFC on halves of 512, k=4, w=512, dropout 0.5 before every Linear, no BN).
-      head_cfg: both heads' settings (:class:`~spinal_jax.models.heads.HeadConfig`).
-      dtype: compute dtype (None = float32); param_dtype: parameter dtype.
-      bn_axis_name: pmap axis over which BatchNorm statistics are averaged in training.
+    ``head='default'``: 512->4096 -> ReLU -> Dropout -> 4096->4096 -> ReLU -> Dropout -> 4096->C;
+    ``'spinal'``: SpinalFC on halves of 512, k=4, w=512, dropout 0.5 before every Linear, no BN.
     Input ``(B, H, W, 3)`` float images with 32 <= H, W <= 63 (the five pools must leave 1x1); output
     float32 logits ``(B, C)``.
     """
 
     cfg: Sequence[int | str] = VGG_CONFIGS["vgg19_bn"]
-    num_classes: int = 10
-    head: str = "spinal"
     head_cfg: HeadConfig = CIFAR_VGG_HEAD
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         label = f"cifar_vgg{sum(v != 'M' for v in self.cfg) + 3}_bn"
-        check_head(self.head, label)
         check_image_shape(x, 3, (32, 63), label, "the backbone must reduce them to 512x1x1")
         x = VGGFeatures(
             self.cfg,
@@ -152,7 +132,7 @@ class CifarVGG(nn.Module):
             name="features",
         )(x, train)
         x = flatten_channels_first(x)  # (B, 512)
-        return model_head(self, "head")(x, train).astype(jnp.float32)
+        return self.classify(x, train=train)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,37 +212,27 @@ class CifarResNetFeatures(nn.Module):
         return x
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(HeadedModel):
     """The reference's CIFAR ResNet-18/34 with its Linear head or the spatial spinal head.
 
-    Attributes:
+    Attributes (with :class:`~spinal_jax.models.heads.HeadedModel`'s):
       stage_sizes: blocks per stage, (2, 2, 2, 2) for ResNet-18, (3, 4, 6, 3) for ResNet-34.
-      num_classes: C.
-      head: 'default' (MaxPool(4, stride 1) -> 256 -> Linear(256->C)) or 'spinal' (MaxPool(2, 2) ->
-        256x2x2 -> SpinalFC reading one spatial position per sub-layer, (0,0), (0,1), (1,0), (1,1),
-        no dropout or BN; w = 256 for C <= 10, 512 otherwise, unless ``head_cfg.spinal.width`` is set).
-      head_cfg: both heads' settings (:class:`~spinal_jax.models.heads.HeadConfig`).
       stem_dropout: the stem's Dropout2d rate (0.02 in the reference).
-      dtype: compute dtype (None = float32); param_dtype: parameter dtype.
-      bn_axis_name: pmap axis over which BatchNorm statistics are averaged in training.
+    ``head='default'``: MaxPool(4, stride 1) -> 256 -> Linear(256->C); ``'spinal'``: MaxPool(2, 2) ->
+    256x2x2 -> SpinalFC reading one spatial position per sub-layer, (0,0), (0,1), (1,0), (1,1), no
+    dropout or BN; w = 256 for C <= 10, 512 otherwise, unless ``head_cfg.spinal.width`` is set.
     Init: convs He normal fan_out, BN 1/0, Linear kernels PyTorch's default with zero biases (the
     spinal head's readout bias is zero too; its sub-layer biases keep PyTorch's default). Input
     ``(B, 32, 32, 3)``; output float32 logits ``(B, C)``.
     """
 
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
-    num_classes: int = 10
-    head: str = "spinal"
     head_cfg: HeadConfig = CIFAR_RESNET_HEAD
     stem_dropout: float = 0.02
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         label = f"cifar_resnet{2 * sum(self.stage_sizes) + 2}"
-        check_head(self.head, label)
         check_image_shape(x, 3, _EXACT_32, label, "its heads read the 256x4x4 map of 32x32 images")
         x = CifarResNetFeatures(
             self.stage_sizes,
@@ -274,50 +244,32 @@ class CifarResNet(nn.Module):
         )(x, train)
         # The spinal head reads the 256x2x2 map, the Linear head the 256 features of a 4x4 max-pool.
         x = max_pool(x, 2, 2) if self.head == "spinal" else flatten_channels_first(max_pool(x, 4, 1))
-        return model_head(self, "head")(x, train).astype(jnp.float32)
+        return self.classify(x, train=train)
 
 
 # ----------------------------------------------------------------------------------------------
 # Registration
 
 _C10 = dict(input_shape=INPUT_SHAPE, num_classes=10)
-
-
-@register_model(
+register_module(
     "cifar_cnn",
+    CifarCNN,
     description="CIFAR CNN_dropout (6 convs, 4096 features); spinal k=4, w=128/256",
-    head_cfg=CIFAR_CNN_HEAD,
     **_C10,
 )
-def cifar_cnn(num_classes: int, head: str, **overrides: Any) -> CifarCNN:
-    return CifarCNN(num_classes=num_classes, head=head, **overrides)
-
-
-def _register_vgg(depth: int) -> None:
-    cfg = VGG_CONFIGS[f"vgg{depth}_bn"]
-
-    @register_model(
-        f"cifar_vgg{depth}_bn",
-        description=f"VGG-{depth}-BN for 32x32 (512 features); spinal k=4, w=512, dropout 0.5",
-        head_cfg=CIFAR_VGG_HEAD,
-        **_C10,
-    )
-    def build(num_classes: int, head: str, **overrides: Any) -> CifarVGG:
-        return CifarVGG(**{"cfg": cfg, **overrides}, num_classes=num_classes, head=head)
-
-
-def _register_resnet(depth: int, stage_sizes: tuple[int, ...]) -> None:
-    @register_model(
-        f"cifar_resnet{depth}",
-        description=f"the reference's CIFAR ResNet-{depth} (256x4x4); spatial spinal head, w=256/512",
-        head_cfg=CIFAR_RESNET_HEAD,
-        **_C10,
-    )
-    def build(num_classes: int, head: str, **overrides: Any) -> CifarResNet:
-        return CifarResNet(**{"stage_sizes": stage_sizes, **overrides}, num_classes=num_classes, head=head)
-
-
 for _depth in (11, 13, 16, 19):
-    _register_vgg(_depth)
-_register_resnet(18, (2, 2, 2, 2))
-_register_resnet(34, (3, 4, 6, 3))
+    register_module(
+        f"cifar_vgg{_depth}_bn",
+        CifarVGG,
+        description=f"VGG-{_depth}-BN for 32x32 (512 features); spinal k=4, w=512, dropout 0.5",
+        cfg=VGG_CONFIGS[f"vgg{_depth}_bn"],
+        **_C10,
+    )
+for _depth, _stages in ((18, (2, 2, 2, 2)), (34, (3, 4, 6, 3))):
+    register_module(
+        f"cifar_resnet{_depth}",
+        CifarResNet,
+        description=f"the reference's CIFAR ResNet-{_depth} (256x4x4); spatial spinal head, w=256/512",
+        stage_sizes=_stages,
+        **_C10,
+    )

@@ -6,7 +6,10 @@ import jax
 
 from spinal_jax.models.heads import check_head
 
-__all__ = ["check_head", "check_images"]
+__all__ = ["IMAGENET_ENTRY", "check_head", "check_images"]
+
+# Registry fields of the ImageNet-size models: torchvision's input and class count.
+IMAGENET_ENTRY = {"input_shape": (224, 224, 3), "num_classes": 1000}
 
 
 def check_images(x: jax.Array, channels: int, min_size: int, model: str) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -342,18 +342,45 @@ def make_head(
     raise ValueError(f"Unknown head {kind!r}: use one of {HEADS}.")
 
 
-def model_head(model: nn.Module, name: str) -> nn.Module:
-    """:func:`make_head` from a model's fields ``head``, ``head_cfg``, ``num_classes``, ``dtype``,
-    ``param_dtype`` and ``bn_axis_name``; call it inside the model's compact ``__call__``."""
-    return make_head(
-        model.head,
-        model.head_cfg,
-        model.num_classes,
-        dtype=model.dtype,
-        param_dtype=model.param_dtype,
-        bn_axis_name=model.bn_axis_name,
-        name=name,
-    )
+class HeadedModel(nn.Module):
+    """The base of every registered model: the fields they share and the head at the end.
+
+    Attributes:
+      num_classes: C.
+      head: 'default' (the family's baseline classifier) or 'spinal'.
+      head_cfg: both heads' settings; each family sets its own default (its registry entry's).
+      dtype: compute dtype (None = float32); param_dtype: parameter dtype.
+      bn_axis_name: pmap axis over which BatchNorm statistics are averaged in training.
+    A subclass's ``__call__(x, train=False)`` maps images to float32 logits ``(B, C)``, ending with
+    :meth:`classify`; its class constant ``head_path`` names the head module (the top-level parameter
+    key of the head, also the registry entry's ``head_path``).
+    """
+
+    head_path: ClassVar[str] = "head"
+    num_classes: int = 10
+    head: str = "spinal"
+    head_cfg: HeadConfig = HeadConfig()
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None
+
+    def __post_init__(self) -> None:
+        check_head(self.head, type(self).__name__)
+        super().__post_init__()
+
+    def classify(self, *features: jax.Array, train: bool) -> jax.Array:
+        """Float32 logits ``(B, C)`` of the head (:func:`make_head`, a child named ``head_path``) on
+        ``features`` (one array, or one per stack for the stacked spinal head)."""
+        module = make_head(
+            self.head,
+            self.head_cfg,
+            self.num_classes,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            bn_axis_name=self.bn_axis_name,
+            name=self.head_path,
+        )
+        return module(*features, train=train).astype(jnp.float32)
 
 
 def apply_head_overrides(cfg: HeadConfig, overrides: dict[str, Any], model: str) -> HeadConfig:

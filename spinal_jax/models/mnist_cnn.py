@@ -16,8 +16,8 @@ from flax import linen as nn
 
 from spinal_jax.layers import Conv, flatten_channels_first, max_pool
 from spinal_jax.models.blocks import check_image_shape
-from spinal_jax.models.heads import DefaultHeadConfig, HeadConfig, SpinalHeadConfig, check_head, model_head
-from spinal_jax.models.registry import register_model
+from spinal_jax.models.heads import DefaultHeadConfig, HeadConfig, HeadedModel, SpinalHeadConfig
+from spinal_jax.models.registry import register_module
 
 Dtype = Any
 INPUT_SHAPE = (28, 28, 1)
@@ -55,35 +55,25 @@ class MnistFeatures(nn.Module):
         return conv1, nn.relu(max_pool(conv2, 2))
 
 
-class MnistCNN(nn.Module):
+class MnistCNN(HeadedModel):
     """The MNIST default CNN with its baseline head or the spinal head.
 
-    Attributes:
-      num_classes: C.
-      head: 'default' (320->50->C with dropout 0.5) or 'spinal' (SpinalFC, k=6, w=8, no dropout or BN).
-      head_cfg: both heads' settings (:class:`~spinal_jax.models.heads.HeadConfig`).
-      dtype: compute dtype (None = float32); param_dtype: parameter dtype.
-      bn_axis_name: pmap axis of the head's BatchNorm, if it has one (the backbone has none).
+    Fields: :class:`~spinal_jax.models.heads.HeadedModel`'s; ``head='default'`` is 320->50->C with
+    dropout 0.5, ``'spinal'`` SpinalFC with k=6, w=8, no dropout or BN (the backbone has no BatchNorm).
     Input ``(B, 28, 28, 1)`` float images; output float32 logits ``(B, C)``.
     """
 
-    num_classes: int = 10
-    head: str = "spinal"
     head_cfg: HeadConfig = MNIST_CNN_HEAD
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        check_head(self.head, "mnist_cnn")
         _check_input(x, "mnist_cnn")
         _, conv2 = MnistFeatures(dtype=self.dtype, param_dtype=self.param_dtype, name="features")(x, train)
         features = flatten_channels_first(conv2)  # (B, 320)
-        return model_head(self, "head")(features, train).astype(jnp.float32)
+        return self.classify(features, train=train)
 
 
-class MnistArch2(nn.Module):
+class MnistArch2(HeadedModel):
     """The multi-stage spinal CNN "Arch2": the MNIST CNN's backbone with a stacked spinal head.
 
     The spinal head (:class:`~spinal_jax.models.heads.StackedSpinalHead`, children ``raw``, ``conv1``,
@@ -93,55 +83,31 @@ class MnistArch2(nn.Module):
     (320->50->C) on the same backbone, i.e. the same network as ``mnist_cnn`` with ``head='default'``:
     the reference has no separate Arch2 baseline.
 
-    Attributes:
-      num_classes: C.
-      head: 'default' or 'spinal'.
-      head_cfg: both heads' settings; ``spinal.width`` is w of every stack (30 for MNIST).
-      dtype / param_dtype / bn_axis_name: as :class:`MnistCNN`.
+    Fields: :class:`~spinal_jax.models.heads.HeadedModel`'s; ``head_cfg.spinal.width`` is w of every
+    stack (30 for MNIST).
     Input ``(B, 28, 28, 1)`` float images (normalised: the raw stack reads them as they are); output
     float32 logits ``(B, C)``.
     """
 
-    num_classes: int = 10
-    head: str = "spinal"
     head_cfg: HeadConfig = MNIST_ARCH2_HEAD
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        check_head(self.head, "mnist_arch2")
         _check_input(x, "mnist_arch2")
         conv1, conv2 = MnistFeatures(dtype=self.dtype, param_dtype=self.param_dtype, name="features")(
             x, train
         )
-        head = model_head(self, "head")
-        if self.head == "spinal":
-            inputs = [flatten_channels_first(v) for v in (x, conv1, conv2)]
-            logits = head(*inputs, train=train)
-        else:
-            logits = head(flatten_channels_first(conv2), train)
-        return logits.astype(jnp.float32)
+        maps = (x, conv1, conv2) if self.head == "spinal" else (conv2,)
+        return self.classify(*[flatten_channels_first(v) for v in maps], train=train)
 
 
-@register_model(
-    "mnist_cnn",
-    input_shape=INPUT_SHAPE,
-    num_classes=10,
-    description="MNIST default CNN (2 convs, 320 features); spinal k=6, w=8",
-    head_cfg=MNIST_CNN_HEAD,
+_MNIST = dict(input_shape=INPUT_SHAPE, num_classes=10)
+register_module(
+    "mnist_cnn", MnistCNN, description="MNIST default CNN (2 convs, 320 features); spinal k=6, w=8", **_MNIST
 )
-def mnist_cnn(num_classes: int, head: str, **overrides: Any) -> MnistCNN:
-    return MnistCNN(num_classes=num_classes, head=head, **overrides)
-
-
-@register_model(
+register_module(
     "mnist_arch2",
-    input_shape=INPUT_SHAPE,
-    num_classes=10,
+    MnistArch2,
     description="MNIST Arch2: spinal stacks on pixels, conv1 and conv2 maps; w=30",
-    head_cfg=MNIST_ARCH2_HEAD,
+    **_MNIST,
 )
-def mnist_arch2(num_classes: int, head: str, **overrides: Any) -> MnistArch2:
-    return MnistArch2(num_classes=num_classes, head=head, **overrides)

@@ -1,11 +1,12 @@
 """One registry and one ``create_model`` for every architecture (as timm does).
 
-Each family module registers builders with :func:`register_model`. A builder takes
-``(num_classes, head, head_cfg, **overrides)`` and returns a Flax Linen module whose
-``__call__(x, train=False)`` maps NHWC images ``(B, H, W, C)`` to logits ``(B, num_classes)``.
-A registry entry (:class:`ModelSpec`) also says what the model's two heads are (``head_cfg``) and
-where the head lives in the parameter tree (``head_path``), for the weight converter, fine-tuning and
-the model table.
+Each family module registers its models with :func:`register_module` (a
+:class:`~spinal_jax.models.heads.HeadedModel` subclass and its fixed fields) or, for any other builder,
+:func:`register_model`. A builder takes ``(num_classes, head, head_cfg, **overrides)`` and returns a Flax
+Linen module whose ``__call__(x, train=False)`` maps NHWC images ``(B, H, W, C)`` to logits
+``(B, num_classes)``. A registry entry (:class:`ModelSpec`) also says what the model's two heads are
+(``head_cfg``) and where the head lives in the parameter tree (``head_path``), for the weight converter,
+fine-tuning and the model table.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from flax import linen as nn
 
-from spinal_jax.models.heads import HEADS, HeadConfig, apply_head_overrides
+from spinal_jax.models.heads import HEADS, HeadConfig, HeadedModel, apply_head_overrides
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +58,8 @@ def register_model(
     head_cfg: HeadConfig,
     head_path: str = "head",
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register ``builder(num_classes, head, head_cfg, **overrides)`` under ``name``."""
+    """Decorator: register ``builder(num_classes, head, head_cfg, **overrides)`` under ``name``; its
+    family is the builder's module."""
 
     def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
@@ -69,6 +71,34 @@ def register_model(
         return builder
 
     return wrap
+
+
+def register_module(
+    name: str,
+    module: type[HeadedModel],
+    *,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    description: str,
+    **fields: Any,
+) -> None:
+    """Register ``name`` as ``module(**fields, **overrides)``; the entry's ``head_cfg`` and
+    ``head_path`` are the class's (its ``head_cfg`` default and its ``head_path``), its family the
+    class's module. ``overrides`` may replace ``fields``."""
+
+    def build(num_classes: int, head: str, **overrides: Any) -> HeadedModel:
+        return module(**{**fields, **overrides}, num_classes=num_classes, head=head)
+
+    build.__module__ = module.__module__
+    build.__qualname__ = build.__name__ = name
+    register_model(
+        name,
+        input_shape=input_shape,
+        num_classes=num_classes,
+        description=description,
+        head_cfg=module.head_cfg,
+        head_path=module.head_path,
+    )(build)
 
 
 def list_models() -> list[str]:

@@ -10,16 +10,16 @@ Every torchvision tensor has exactly one Flax leaf of the same size (conv kernel
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from spinal_jax.layers import Conv, batch_norm, kaiming_normal_fan_out, max_pool
-from spinal_jax.models.common import check_images
-from spinal_jax.models.heads import DefaultHeadConfig, HeadConfig, SpinalHeadConfig, check_head, model_head
-from spinal_jax.models.registry import register_model
+from spinal_jax.models.common import IMAGENET_ENTRY, check_images
+from spinal_jax.models.heads import DefaultHeadConfig, HeadConfig, HeadedModel, SpinalHeadConfig
+from spinal_jax.models.registry import register_module
 
 Dtype = Any
 
@@ -35,7 +35,6 @@ RESNET_CONFIGS: dict[str, tuple[str, tuple[int, ...], int, int]] = {
     "resnext50_32x4d": ("bottleneck", (3, 4, 6, 3), 32, 4),
 }
 EXPANSION = {"basic": 1, "bottleneck": 4}
-HEAD_PATH = "fc"  # torchvision's name of the classifier
 # Default: torchvision's Linear(features, C). Spinal: the PyTorch anchor's head on the pooled features'
 # halves, w=1024, k=4, no dropout or BN, ReLU.
 RESNET_HEAD = HeadConfig(
@@ -100,23 +99,21 @@ class ResidualBlock(nn.Module):
         return nn.relu(y + shortcut)
 
 
-class ResNet(nn.Module):
+class ResNet(HeadedModel):
     """torchvision's ResNet / Wide-ResNet / ResNeXt, with its ``fc`` or a spinal head named ``fc``.
 
-    Attributes:
+    Attributes (with :class:`~spinal_jax.models.heads.HeadedModel`'s; here C = 1000 and
+    ``head='default'`` by default):
       block: 'basic' (ResNet-18/34) or 'bottleneck'.
       stage_sizes: blocks per stage, e.g. (3, 4, 6, 3).
-      num_classes: C.
-      head: 'default' (Linear(features, C), PyTorch init) or 'spinal' (SpinalFC on the pooled
-        features' halves).
       groups, width_per_group: ResNeXt / wide variants (torchvision's arguments).
-      head_cfg: both heads' settings (:class:`~spinal_jax.models.heads.HeadConfig`).
-      dtype: compute dtype (None = float32); param_dtype: parameter dtype.
-      bn_axis_name: pmap axis for synchronised BatchNorm in training.
+    ``head='default'``: Linear(features, C), PyTorch init; ``'spinal'``: SpinalFC on the pooled
+    features' halves.
     Input NHWC float images ``(B, H, W, 3)`` with H, W >= 32 (224 for ImageNet); output float32 logits
     ``(B, C)``.
     """
 
+    head_path: ClassVar[str] = "fc"  # torchvision's name of the classifier
     block: str = "bottleneck"
     stage_sizes: Sequence[int] = (3, 4, 6, 3)
     num_classes: int = 1000
@@ -124,13 +121,9 @@ class ResNet(nn.Module):
     groups: int = 1
     width_per_group: int = 64
     head_cfg: HeadConfig = RESNET_HEAD
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        check_head(self.head, "ResNet")
         check_images(x, 3, 32, "ResNet")
         if self.block not in EXPANSION:
             raise ValueError(f"ResNet: unknown block {self.block!r}, use 'basic' or 'bottleneck'.")
@@ -163,24 +156,17 @@ class ResNet(nn.Module):
                     name=f"layer{i + 1}_{j}",
                 )(x, train)
         x = jnp.mean(x, axis=(1, 2))  # AdaptiveAvgPool2d(1) + flatten: (B, C)
-        return model_head(self, HEAD_PATH)(x, train).astype(jnp.float32)
+        return self.classify(x, train=train)
 
 
-def _register(name: str) -> None:
-    block, stages, groups, width = RESNET_CONFIGS[name]
-
-    @register_model(
-        name,
-        input_shape=(224, 224, 3),
-        num_classes=1000,
-        description=f"torchvision {name} (ImageNet), fc or spinal head",
-        head_cfg=RESNET_HEAD,
-        head_path=HEAD_PATH,
+for _name, (_block, _stages, _groups, _width) in RESNET_CONFIGS.items():
+    register_module(
+        _name,
+        ResNet,
+        **IMAGENET_ENTRY,
+        description=f"torchvision {_name} (ImageNet), fc or spinal head",
+        block=_block,
+        stage_sizes=_stages,
+        groups=_groups,
+        width_per_group=_width,
     )
-    def build(num_classes: int, head: str, **overrides: Any) -> ResNet:
-        fields = dict(block=block, stage_sizes=stages, groups=groups, width_per_group=width)
-        return ResNet(num_classes=num_classes, head=head, **{**fields, **overrides})
-
-
-for _name in RESNET_CONFIGS:
-    _register(_name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -18,9 +18,9 @@ import numpy as np
 from flax import linen as nn
 
 from spinal_jax.layers import Conv, batch_norm, flatten_channels_first, kaiming_normal_fan_out, max_pool
-from spinal_jax.models.common import check_images
-from spinal_jax.models.heads import DefaultHeadConfig, HeadConfig, SpinalHeadConfig, check_head, model_head
-from spinal_jax.models.registry import register_model
+from spinal_jax.models.common import IMAGENET_ENTRY, check_images
+from spinal_jax.models.heads import DefaultHeadConfig, HeadConfig, HeadedModel, SpinalHeadConfig
+from spinal_jax.models.registry import register_module
 
 Dtype = Any
 M = "M"  # a 2x2 max-pool in a cfg
@@ -32,7 +32,6 @@ VGG_CONFIGS: dict[str, tuple[int | str, ...]] = {
     "vgg19_bn": (64, 64, M, 128, 128, M, 256, 256, 256, 256, M, 512, 512, 512, 512, M, 512, 512, 512, 512, M),
 }
 
-HEAD_PATH = "classifier"  # torchvision's name of the classifier (VGG has no ``fc``)
 # Default: torchvision's classifier (fc_0, fc_3, fc_6). Spinal: the reference's transfer-learning
 # "SpinalNet" head, w=1024, k=4, halves, dropout 0.5, BN.
 VGG_HEAD = HeadConfig(
@@ -64,30 +63,25 @@ def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
     return jnp.einsum("oh,bhwc,pw->bopc", ph, x, pw)
 
 
-class VGG(nn.Module):
+class VGG(HeadedModel):
     """torchvision's VGG-BN: ``features`` (conv3x3 + BN + ReLU per cfg entry, 'M' = max-pool 2x2),
     AdaptiveAvgPool2d((7, 7)), channel-first flatten (25,088 features), then ``classifier``.
 
-    Attributes:
+    Attributes (with :class:`~spinal_jax.models.heads.HeadedModel`'s; here C = 1000 and
+    ``head='default'`` by default):
       cfg: channel counts and 'M' pools, e.g. ``VGG_CONFIGS['vgg16_bn']``.
-      num_classes: C.
-      head: 'default' (torchvision's classifier) or 'spinal' (SpinalFC named ``classifier``).
-      head_cfg: both heads' settings (:class:`~spinal_jax.models.heads.HeadConfig`).
-      dtype / param_dtype / bn_axis_name: as the model convention.
+    ``head='default'``: torchvision's classifier; ``'spinal'``: SpinalFC named ``classifier``.
     Input NHWC float images ``(B, H, W, 3)`` with H, W >= 32; output float32 logits ``(B, C)``.
     """
 
+    head_path: ClassVar[str] = "classifier"  # torchvision's name of the classifier (VGG has no ``fc``)
     cfg: Sequence[int | str] = VGG_CONFIGS["vgg16_bn"]
     num_classes: int = 1000
     head: str = "default"
     head_cfg: HeadConfig = VGG_HEAD
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        check_head(self.head, "VGG")
         check_images(x, 3, 32, "VGG")
         index = 0  # torchvision's index in ``features``
         for v in self.cfg:
@@ -115,21 +109,14 @@ class VGG(nn.Module):
             x = nn.relu(x)
             index += 3
         x = flatten_channels_first(adaptive_avg_pool(x, (7, 7)))  # (B, 512 * 7 * 7)
-        return model_head(self, HEAD_PATH)(x, train).astype(jnp.float32)
+        return self.classify(x, train=train)
 
 
-def _register(name: str) -> None:
-    @register_model(
-        name,
-        input_shape=(224, 224, 3),
-        num_classes=1000,
-        description=f"torchvision {name} (ImageNet), classifier or spinal head",
-        head_cfg=VGG_HEAD,
-        head_path=HEAD_PATH,
+for _name, _cfg in VGG_CONFIGS.items():
+    register_module(
+        _name,
+        VGG,
+        **IMAGENET_ENTRY,
+        description=f"torchvision {_name} (ImageNet), classifier or spinal head",
+        cfg=_cfg,
     )
-    def build(num_classes: int, head: str, **overrides: Any) -> VGG:
-        return VGG(cfg=VGG_CONFIGS[name], num_classes=num_classes, head=head, **overrides)
-
-
-for _name in VGG_CONFIGS:
-    _register(_name)

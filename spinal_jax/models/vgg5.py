@@ -12,13 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import linen as nn
 
 from spinal_jax.layers import flatten_channels_first, kaiming_normal_fan_out
 from spinal_jax.models.blocks import M, VGGFeatures, check_image_shape
-from spinal_jax.models.heads import DefaultHeadConfig, HeadConfig, SpinalHeadConfig, check_head, model_head
-from spinal_jax.models.registry import register_model
+from spinal_jax.models.heads import DefaultHeadConfig, HeadConfig, HeadedModel, SpinalHeadConfig
+from spinal_jax.models.registry import register_module
 
 Dtype = Any
 VGG5_CONFIG: tuple[int | str, ...] = (64, 64, M, 128, 128, M, 256, 256, 256, M, 256, 256, 256, M)
@@ -32,30 +31,21 @@ VGG5_HEAD = HeadConfig(
 )
 
 
-class VGG5(nn.Module):
+class VGG5(HeadedModel):
     """VGG-5 with the reference's baseline classifier or the SpinalVGG-5 head.
 
-    Attributes:
-      num_classes: C (10 for MNIST-like sets, 47 EMNIST-balanced, 62 EMNIST-letters).
-      head: 'default' (Dropout(.5) -> Linear(256->512) -> BN1d -> ReLU -> Dropout(.5) -> Linear(512->C))
-        or 'spinal' (SpinalFC on halves of 256, k=4, w=128, dropout 0.5 before every Linear, BN).
-      head_cfg: both heads' settings (:class:`~spinal_jax.models.heads.HeadConfig`).
-      dtype: compute dtype (None = float32); param_dtype: parameter dtype.
-      bn_axis_name: pmap axis over which BatchNorm statistics are averaged in training.
+    Fields: :class:`~spinal_jax.models.heads.HeadedModel`'s; C is 10 for MNIST-like sets, 47
+    EMNIST-balanced, 62 EMNIST-letters. ``head='default'``: Dropout(.5) -> Linear(256->512) -> BN1d ->
+    ReLU -> Dropout(.5) -> Linear(512->C); ``'spinal'``: SpinalFC on halves of 256, k=4, w=128, dropout
+    0.5 before every Linear, BN.
     Input ``(B, H, W, 1)`` float images with 16 <= H, W <= 31 (28x28 in the reference); output
     float32 logits ``(B, C)``.
     """
 
-    num_classes: int = 10
-    head: str = "spinal"
     head_cfg: HeadConfig = VGG5_HEAD
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        check_head(self.head, "vgg5")
         check_image_shape(x, 1, INPUT_SIZES, "vgg5", "the backbone must reduce them to 256x1x1")
         x = VGGFeatures(
             VGG5_CONFIG,
@@ -66,15 +56,13 @@ class VGG5(nn.Module):
             name="features",
         )(x, train)
         x = flatten_channels_first(x)  # (B, 256)
-        return model_head(self, "head")(x, train).astype(jnp.float32)
+        return self.classify(x, train=train)
 
 
-@register_model(
+register_module(
     "vgg5",
+    VGG5,
     input_shape=(28, 28, 1),
     num_classes=10,
     description="MNIST_VGG 'VGG-5' (10 convs, 256 features); spinal k=4, w=128, dropout+BN",
-    head_cfg=VGG5_HEAD,
 )
-def vgg5(num_classes: int, head: str, **overrides: Any) -> VGG5:
-    return VGG5(num_classes=num_classes, head=head, **overrides)
