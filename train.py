@@ -26,21 +26,29 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with one clear message for a ``--config.X`` override naming no field and for
-    a config file that cannot be loaded."""
+    """absl's flag parsing, with one line (exit status 2) for an override naming no field, a value of the
+    wrong type, and a config file or ``:ARG`` that cannot be loaded."""
     try:
-        return app.parse_flags_with_usage(argv)
+        return FLAGS(argv)
     except (AttributeError, KeyError) as err:  # how ml_collections reports a missing field
         key = str(err).strip("\"'")
         overrides = [a[2:].split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
         field = next((o for o in overrides if key in o.split(".")[1:]), f"config.{key}")
-        sys.exit(
+        _refuse(
             f"Unknown config field {field!r}: the config has no field {key!r} there. Check the spelling "
             "against the config file and docs/TRAINING.md (fields); new fields cannot be added from the "
             "command line."
         )
-    except (ValueError, OSError) as err:  # the config file's own checks (its :ARG), a missing file
-        sys.exit(f"Invalid --config: {err}")
+    except flags.Error as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        if "Error whilst parsing config file" in str(err):  # ml_collections appends the traceback
+            _refuse(f"--config: {lines[-1].split(': ', 1)[-1]}")
+        _refuse(f"{lines[0]} (python train.py --helpfull lists the flags)")
+
+
+def _refuse(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv: list[str]) -> None:
@@ -60,8 +68,10 @@ def main(argv: list[str]) -> None:
     try:
         distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
         summary = training.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except OSError as err:  # a --config file that cannot be read surfaces on first access
+        exit_with_message(UserError(f"{err} (check the --config path)"))
     except UserError as err:
-        exit_with_message(err, "Invalid setup")
+        exit_with_message(err)
     except FloatingPointError as err:
         exit_with_message(err, "Training stopped")
     print(json.dumps(summary, indent=2))

@@ -11,6 +11,8 @@ from typing import Any
 
 import ml_collections
 
+from spinal_jax.errors import UserError
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "warmup_cosine")
 DTYPES = ("float32", "bfloat16")
@@ -42,7 +44,7 @@ def data_config(dataset: str, **fields: Any) -> ml_collections.ConfigDict:
     with cfg.unlocked():
         for key, value in fields.items():
             if key not in cfg:
-                raise ValueError(f"data config has no field {key!r}; known fields: {sorted(cfg.keys())}.")
+                raise UserError(f"data config has no field {key!r}; known fields: {sorted(cfg.keys())}.")
             cfg[key] = value
     return cfg
 
@@ -115,20 +117,21 @@ def base_config() -> ml_collections.ConfigDict:
 
 def _check_choice(value: Any, field: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"config.{field} = {value!r} is not valid: use one of {choices}.")
+        raise UserError(f"config.{field} = {value!r} is not valid: use one of {choices}.")
 
 
 def _check_positive(value: float, field: str, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"config.{field} must be {bound}, got {value!r}.")
+        raise UserError(f"config.{field} must be {bound}, got {value!r}.")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Raise one ValueError naming the first invalid field and the values it accepts."""
+    """Raise one :class:`UserError` naming the first invalid field and the values it accepts."""
     missing = [k for k in base_config().keys() if k not in config]
     if missing:
-        raise ValueError(f"config lacks fields {missing}: build it from spinal_jax.config.base_config().")
+        raise UserError(f"config lacks fields {missing}: build it from spinal_jax.config.base_config().")
+    _check_model_name(config.model.name)
     _check_choice(config.model.head, "model.head", HEADS)
     _check_choice(config.optim.name, "optim.name", OPTIMIZERS)
     _check_choice(config.schedule.name, "schedule.name", SCHEDULES)
@@ -149,18 +152,28 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_positive(config.schedule.step_epochs, "schedule.step_epochs")
     _check_positive(config.schedule.warmup_epochs, "schedule.warmup_epochs", allow_zero=True)
     if not 0.0 <= config.label_smoothing < 1.0:
-        raise ValueError(f"config.label_smoothing must be in [0, 1), got {config.label_smoothing!r}.")
+        raise UserError(f"config.label_smoothing must be in [0, 1), got {config.label_smoothing!r}.")
     if not 0.0 <= config.optim.momentum < 1.0:
-        raise ValueError(f"config.optim.momentum must be in [0, 1), got {config.optim.momentum!r}.")
+        raise UserError(f"config.optim.momentum must be in [0, 1), got {config.optim.momentum!r}.")
     if config.optim.nesterov and (config.optim.name != "sgd" or config.optim.momentum == 0):
-        raise ValueError("config.optim.nesterov needs optim.name='sgd' and optim.momentum > 0.")
+        raise UserError("config.optim.nesterov needs optim.name='sgd' and optim.momentum > 0.")
     _check_choice(config.finetune.mode, "finetune.mode", FINETUNE_MODES)
     _check_positive(config.finetune.backbone_lr_multiplier, "finetune.backbone_lr_multiplier")
     _check_transfer(config)
     if config.plateau.enabled and config.schedule.name != "constant":
-        raise ValueError(
+        raise UserError(
             "config.plateau.enabled sets the learning rate itself: use it with schedule.name='constant', "
             f"not {config.schedule.name!r}."
+        )
+
+
+def _check_model_name(name: str) -> None:
+    from spinal_jax.models import list_models
+
+    if name not in list_models():
+        raise UserError(
+            f"config.model.name = {name!r} is not a registered model; choose one of "
+            f"{', '.join(list_models())} (python -m spinal_jax.models prints them with their sizes)."
         )
 
 
@@ -172,14 +185,14 @@ def _check_transfer(config: ml_collections.ConfigDict) -> None:
         try:
             create_model(config.model.name, 2, head=config.model.head, **kwargs.to_dict())
         except TypeError as err:
-            raise ValueError(
+            raise UserError(
                 f"config.model.kwargs = {kwargs.to_dict()} does not fit model "
                 f"{config.model.name!r} ({err}); use fields of its module, e.g. spinal_width."
             ) from err
     if not config.pretrained and config.finetune.mode == "full":
         return
     if config.pretrained and config.init_from:
-        raise ValueError(
+        raise UserError(
             "config.pretrained and config.init_from are both set: use config.pretrained for converted "
             "ImageNet weights (fresh head), or config.init_from to warm-start from a spinal_jax run."
         )
@@ -187,7 +200,7 @@ def _check_transfer(config: ml_collections.ConfigDict) -> None:
 
     if config.model.name not in SUPPORTED_ARCHS:
         field = "pretrained" if config.pretrained else f"finetune.mode = {config.finetune.mode!r}"
-        raise ValueError(
+        raise UserError(
             f"config.{field} needs a torchvision architecture in config.model.name (one of "
             f"{', '.join(SUPPORTED_ARCHS)}), got {config.model.name!r}."
         )
@@ -207,7 +220,7 @@ def parse_arg(
         elif token in datasets or token.replace("_", "/", 1) in datasets:
             dataset = token if token in datasets else token.replace("_", "/", 1)
         else:
-            raise ValueError(
+            raise UserError(
                 f"Config argument {token!r} is neither a head {HEADS} nor a data set {datasets}."
             )
     return dataset, head
@@ -250,7 +263,7 @@ def parse_transfer_arg(
         elif token in datasets:
             dataset = token
         else:
-            raise ValueError(
+            raise UserError(
                 f"Config argument {token!r} is neither a head {HEADS}, a fine-tuning mode "
                 f"{FINETUNE_MODES} nor a data set {datasets}."
             )

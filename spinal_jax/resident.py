@@ -118,7 +118,7 @@ class ResidentData:
         per_device = pipe.per_device_batch_size
         positions = self.steps_per_epoch * per_process  # this process's positions of each permutation
         offsets = np.asarray([index * positions + d * per_device for d in range(local)], np.int32)
-        self.train = steps.on_devices(
+        self.train_data = steps.on_devices(
             {
                 "image": np.broadcast_to(images, (local, *images.shape)),
                 "label": np.broadcast_to(labels, (local, *labels.shape)),
@@ -175,7 +175,7 @@ class ResidentData:
         these executables.
         """
         start = time.perf_counter()
-        self._epoch.lower(p_state, self.train, self.offsets, np.int32(0)).compile()
+        self._epoch.lower(p_state, self.train_data, self.offsets, np.int32(0)).compile()
         if self._eval is not None:
             self._eval.lower(p_state, self.eval_data).compile()
         return time.perf_counter() - start
@@ -183,7 +183,7 @@ class ResidentData:
     def train_epoch(self, p_state: Any, epoch: int) -> tuple[Any, dict[str, jax.Array]]:
         """Run epoch ``epoch`` (0-based); returns the new state (the old one is donated) and the per-step
         metrics, each ``(local_devices, steps_per_epoch)``."""
-        p_state, metrics = self._epoch(p_state, self.train, self.offsets, np.int32(epoch))
+        p_state, metrics = self._epoch(p_state, self.train_data, self.offsets, np.int32(epoch))
         self._step = (epoch + 1) * self.steps_per_epoch
         return p_state, metrics
 

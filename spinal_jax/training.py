@@ -136,6 +136,9 @@ def train_and_evaluate(
     config_lib.validate_config(config)
     workdir = Path(workdir).resolve()
     build.per_device_batch_size(config.data.batch_size, jax.local_device_count(), jax.process_count())
+    is_chief = jax.process_index() == 0
+    if is_chief:
+        workdir_lib.ensure_writable(workdir)
     if pipeline is None:
         from spinal_jax.data import create_input_pipeline
 
@@ -143,9 +146,6 @@ def train_and_evaluate(
     num_classes = config.model.num_classes or pipeline.num_classes
     if model is None:
         model = build.build_model(config, num_classes)
-    is_chief = jax.process_index() == 0
-    if is_chief:
-        workdir_lib.ensure_writable(workdir)
     with workdir_lib.WorkdirLock(workdir, enabled=is_chief):
         workdir_lib.prepare_workdir(config, workdir)
         _barrier("prepare_workdir")
