@@ -15,8 +15,9 @@ maximum test accuracy over epochs (the paper's protocol), each as mean ± sample
 the spinal - default difference paired by seed with its 95 % t-interval and a verdict, the wall time per
 run, the machine, the versions and the git commit.
 
-``--suite`` takes a registered name (``cpu``, ``gpu``; :func:`register_suite` adds more) or the path of a
-Python file defining ``SUITE``, a list of :class:`Comparison`.
+``--report`` writes the results of the runs finished so far without training (e.g. while another
+process trains the suite). ``--suite`` takes a registered name (``cpu``, ``gpu``; :func:`register_suite`
+adds more) or the path of a Python file defining ``SUITE``, a list of :class:`Comparison`.
 """
 
 from __future__ import annotations
@@ -313,17 +314,18 @@ def train_run(run: Run, config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def run_suite(
-    suite: str, comparisons: Sequence[Comparison], seeds: Sequence[int], root: Path
+    suite: str, comparisons: Sequence[Comparison], seeds: Sequence[int], root: Path, train: bool = True
 ) -> dict[str, Any] | None:
-    """Train every unfinished run, then write ``results.md`` / ``results.json``; returns the results
-    (None when a signal interrupted a run: rerun to resume)."""
+    """Train every unfinished run (none when ``train`` is False), then write ``results.md`` /
+    ``results.json`` from the finished ones; returns the results (None when a signal interrupted a
+    run: rerun to resume)."""
     runs = plan_runs(suite, comparisons, seeds, root)
     (root / suite).mkdir(parents=True, exist_ok=True)
     walls_path = root / suite / "wall_seconds.json"
     walls = _load_walls(walls_path)
     accelerator = has_accelerator()
     configs = {r.name: build_config(r) for r in runs}
-    for i, run in enumerate(runs, 1):
+    for i, run in enumerate(runs if train else [], 1):
         if finished_summary(run, configs[run.name]) is not None:
             print(f"[reproduce] run {i}/{len(runs)} {run.name}: finished earlier, skipped", flush=True)
             continue
@@ -493,6 +495,12 @@ def _diff(d: dict[str, Any]) -> str:
     return f"{100 * d['mean']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
 
 
+def _paired_cell(d: dict[str, Any]) -> str:
+    if d["mean"] is None:
+        return d["verdict"]
+    return f"{_diff(d)}: {d['verdict']}" if d["low"] is not None else f"{_diff(d)} ({d['verdict']})"
+
+
 def _table_row(entry: dict[str, Any], head: str) -> str:
     row = entry["rows"][head]
     p = row["parameters"]
@@ -500,11 +508,11 @@ def _table_row(entry: dict[str, Any], head: str) -> str:
     if entry["needs_a_gpu"]:
         return "| " + " | ".join([*cells, "needs a GPU", *["-"] * 5]) + " |"
     planned = len(row["seeds_planned"])
-    n = f"{row['n_seeds']}" + (f" of {planned} (rest not finished)" if row["n_seeds"] < planned else "")
+    n = f"{row['n_seeds']}" + (f" of {planned} finished" if row["n_seeds"] < planned else "")
     if head == "spinal":
         diffs = entry["difference"]
         tbv, top = diffs["test_at_best_validation"], diffs["max_test_over_epochs"]
-        paired = [f"{_diff(tbv)}: {tbv['verdict']}", f"{_diff(top)}: {top['verdict']}"]
+        paired = [_paired_cell(tbv), _paired_cell(top)]
     else:
         paired = ["(reference)", "(reference)"]
     wall = row["wall_seconds"]["mean"]
@@ -587,6 +595,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--workdir", default="runs/reproduce", help="runs go to WORKDIR/<suite>/")
     parser.add_argument("--list", action="store_true", help="print the runs and exit without training")
+    parser.add_argument(
+        "--report", action="store_true", help="write results.md/json from the finished runs, train nothing"
+    )
     args = parser.parse_args(argv)
     seeds = parse_seeds(args.seeds)
     name, comparisons = load_suite(args.suite)
@@ -596,7 +607,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         return None
     _setup_logging()
     _compilation_cache(root / name / "xla_cache")
-    results = run_suite(name, comparisons, seeds, root)
+    results = run_suite(name, comparisons, seeds, root, train=not args.report)
     if results is not None:
         print((root / name / "results.md").read_text(), flush=True)
     return results

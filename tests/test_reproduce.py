@@ -73,6 +73,9 @@ def suite_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     killed = _snapshot(folder)
+    report = [sys.executable, "-m", "spinal_jax.reproduce", "--suite", str(suite_file), "--seeds", "0,1"]
+    subprocess.run([*report, "--workdir", str(root), "--report"], cwd=REPO, timeout=300, check=True)
+    partial = (folder / "results.md").read_text()
     second = _start(suite_file, root, tmp / "second.log")
     assert second.wait(timeout=900) == 0, (tmp / "second.log").read_text()[-3000:]
     done = _snapshot(folder)
@@ -81,6 +84,7 @@ def suite_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {
         "folder": folder,
         "killed": killed,
+        "partial_table": partial,
         "done": done,
         "after_rerun": _snapshot(folder),
         "logs": {k: (tmp / f"{k}.log").read_text() for k in ("first", "second", "third")},
@@ -99,6 +103,15 @@ def test_killed_suite_resumes_without_retraining_finished_runs(suite_runs: dict)
         trained = f"run {i}/{len(RUNS)} {name}: ETA" in second
         assert trained == (name not in killed), name
     assert (suite_runs["folder"] / "results.md").is_file()
+
+
+def test_report_while_unfinished_says_how_many_seeds_finished(suite_runs: dict) -> None:
+    rows = [line for line in suite_runs["partial_table"].splitlines() if line.startswith("| MNIST")]
+    for head, row in zip(("default", "spinal"), rows, strict=True):
+        finished = sum(name.startswith(f"mnist_cnn_{head}_") for name in suite_runs["killed"])
+        assert f"| {head} |" in row
+        assert (f"| {finished} of 2 finished |" in row) == (finished < 2), row
+    assert rows[1].endswith("| unknown |") == (RUNS[1] not in suite_runs["killed"])
 
 
 def test_rerun_of_a_finished_suite_trains_nothing(suite_runs: dict) -> None:
