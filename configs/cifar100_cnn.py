@@ -6,15 +6,19 @@ accuracy did not improve (monitored on validation here, on test in the reference
 Measured: not yet run.
 """
 
-from spinal_jax.config import base_config, data_config, parse_arg
+from ml_collections import ConfigDict
+
+from spinal_jax.config import HEADS, base_config, choice, data_config, parse_config_arg
+
+ARG_TOKENS = {"dataset": choice(("cifar100",), "cifar100"), "head": choice(HEADS, "spinal")}
 
 
-def get_config(arg: str | None = None):
-    _, head = parse_arg(arg, "cifar100", "spinal", ("cifar100",))
+def get_config(arg: str | None = None) -> ConfigDict:
+    args = parse_config_arg(arg, **ARG_TOKENS)
     c = base_config()
     c.model.name = "cifar_cnn"
-    c.model.head = head
-    c.data = data_config("cifar100", batch_size=200, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    c.model.head = args["head"]
+    c.data = data_config(args["dataset"], batch_size=200, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     c.num_epochs = 160
     c.optim.name = "adam"
     c.optim.learning_rate = 1e-3

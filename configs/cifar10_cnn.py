@@ -8,15 +8,19 @@ the JPEG copy in ../shared/data trains with ``--config.data.name=image_folder
 --config.data.manual_dir=../shared/data/cifar10_jpeg``. Measured: not yet run.
 """
 
-from spinal_jax.config import base_config, data_config, parse_arg
+from ml_collections import ConfigDict
+
+from spinal_jax.config import HEADS, base_config, choice, data_config, parse_config_arg
+
+ARG_TOKENS = {"dataset": choice(("cifar10", "image_folder"), "cifar10"), "head": choice(HEADS, "spinal")}
 
 
-def get_config(arg: str | None = None):
-    dataset, head = parse_arg(arg, "cifar10", "spinal", ("cifar10", "image_folder"))
+def get_config(arg: str | None = None) -> ConfigDict:
+    args = parse_config_arg(arg, **ARG_TOKENS)
     c = base_config()
     c.model.name = "cifar_cnn"
-    c.model.head = head
-    c.data = data_config(dataset, batch_size=100)
+    c.model.head = args["head"]
+    c.data = data_config(args["dataset"], batch_size=100)
     c.num_epochs = 160
     c.optim.name = "adam"
     c.optim.learning_rate = 1e-3

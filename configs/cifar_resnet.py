@@ -6,16 +6,20 @@ Recipe: Adam lr 1e-3, batch 200, 160 epochs, pad-4 crop + flip, normalised with 
 (for CIFAR-10 too), random restart on plateau lr <- 1e-3 * U**5. Measured: not yet run.
 """
 
-from spinal_jax.config import base_config, data_config, parse_arg
+from ml_collections import ConfigDict
+
+from spinal_jax.config import HEADS, base_config, choice, data_config, parse_config_arg
 
 CIFAR100_STATS = ((0.507, 0.487, 0.441), (0.267, 0.256, 0.276))
+ARG_TOKENS = {"dataset": choice(("cifar10", "cifar100"), "cifar10"), "head": choice(HEADS, "spinal")}
 
 
-def get_config(arg: str | None = None):
-    dataset, head = parse_arg(arg, "cifar10", "spinal", ("cifar10", "cifar100"))
+def get_config(arg: str | None = None) -> ConfigDict:
+    args = parse_config_arg(arg, **ARG_TOKENS)
+    dataset = args["dataset"]
     c = base_config()
     c.model.name = "cifar_resnet18" if dataset == "cifar10" else "cifar_resnet34"
-    c.model.head = head
+    c.model.head = args["head"]
     c.data = data_config(dataset, batch_size=200, mean=CIFAR100_STATS[0], std=CIFAR100_STATS[1])
     c.num_epochs = 160
     c.optim.name = "adam"

@@ -6,14 +6,19 @@ CIFAR-100 batch 200 normalised with its statistics; random restart on plateau lr
 Measured: not yet run.
 """
 
-from spinal_jax.config import base_config, data_config, parse_arg
+from ml_collections import ConfigDict
+
+from spinal_jax.config import HEADS, base_config, choice, data_config, parse_config_arg
+
+ARG_TOKENS = {"dataset": choice(("cifar10", "cifar100"), "cifar10"), "head": choice(HEADS, "spinal")}
 
 
-def get_config(arg: str | None = None):
-    dataset, head = parse_arg(arg, "cifar10", "spinal", ("cifar10", "cifar100"))
+def get_config(arg: str | None = None) -> ConfigDict:
+    args = parse_config_arg(arg, **ARG_TOKENS)
+    dataset = args["dataset"]
     c = base_config()
     c.model.name = "cifar_vgg19_bn"
-    c.model.head = head
+    c.model.head = args["head"]
     c.data = data_config(dataset, batch_size=100 if dataset == "cifar10" else 200)
     c.num_epochs = 200
     c.optim.name = "adam"

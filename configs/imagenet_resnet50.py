@@ -7,9 +7,12 @@ bfloat16 compute with float32 parameters, label smoothing off (``--config.label_
 use it), inception crop + flip. Measured: not yet run.
 """
 
-from spinal_jax.config import imagenet_config, parse_arg
+from ml_collections import ConfigDict
+
+from spinal_jax.config import HEADS, choice, imagenet_config, parse_config_arg
+
+ARG_TOKENS = {"dataset": choice(("imagenet2012",), "imagenet2012"), "head": choice(HEADS, "default")}
 
 
-def get_config(arg: str | None = None):
-    _, head = parse_arg(arg, "imagenet2012", "default", ("imagenet2012",))
-    return imagenet_config("resnet50", head)
+def get_config(arg: str | None = None) -> ConfigDict:
+    return imagenet_config("resnet50", parse_config_arg(arg, **ARG_TOKENS)["head"])

@@ -4,12 +4,13 @@ decay 1e-4 not on BatchNorm/biases, optional label smoothing, bfloat16, 90 epoch
 Measured: not yet run.
 """
 
-from spinal_jax.config import imagenet_config
+from ml_collections import ConfigDict
+
+from spinal_jax.config import imagenet_config, parse_config_arg
+
+ARG_TOKENS = {}  # no ARG: override fields with --config.FIELD=VALUE
 
 
-def get_config(arg: str | None = None):
-    if arg:
-        raise ValueError(
-            f"imagenet_spinal.py takes no argument (got {arg!r}); override fields with --config.X=Y."
-        )
+def get_config(arg: str | None = None) -> ConfigDict:
+    parse_config_arg(arg, **ARG_TOKENS)
     return imagenet_config("resnet50", "spinal")

@@ -10,15 +10,19 @@ wall (183 s of training, 2,360 img/s); best validation 97.83 % (epoch 7), test a
 97.98 %, max test 98.02 %. The spinal head: not measured.
 """
 
-from spinal_jax.config import base_config, data_config, parse_arg
+from ml_collections import ConfigDict
+
+from spinal_jax.config import HEADS, base_config, choice, data_config, parse_config_arg
+
+ARG_TOKENS = {"dataset": choice(("mnist", "qmnist"), "mnist"), "head": choice(HEADS, "default")}
 
 
-def get_config(arg: str | None = None):
-    dataset, head = parse_arg(arg, "mnist", "default", ("mnist", "qmnist"))
+def get_config(arg: str | None = None) -> ConfigDict:
+    args = parse_config_arg(arg, **ARG_TOKENS)
     c = base_config()
     c.model.name = "mnist_cnn"
-    c.model.head = head
-    c.data = data_config(dataset, batch_size=64, augment="none")
+    c.model.head = args["head"]
+    c.data = data_config(args["dataset"], batch_size=64, augment="none")
     c.num_epochs = 8
     c.optim.name = "sgd"
     c.optim.learning_rate = 0.01

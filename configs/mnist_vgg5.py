@@ -10,19 +10,19 @@ QMNIST (``qmnist``, our TF-free builder, docs/DATA.md) tests on all 60,000 QMNIS
 reports 99.68 %). Measured: not yet run.
 """
 
-from spinal_jax.config import base_config, data_config, parse_arg
+from ml_collections import ConfigDict
 
-DATASETS = (
-    "mnist", "qmnist", "fashion_mnist", "kmnist", "emnist/digits", "emnist/letters", "emnist/balanced",
-)  # fmt: skip
+from spinal_jax.config import HEADS, MNIST_DATASETS, base_config, choice, data_config, parse_config_arg
+
+ARG_TOKENS = {"dataset": choice(MNIST_DATASETS, "mnist"), "head": choice(HEADS, "spinal")}
 
 
-def get_config(arg: str | None = None):
-    dataset, head = parse_arg(arg, "mnist", "spinal", DATASETS)
+def get_config(arg: str | None = None) -> ConfigDict:
+    args = parse_config_arg(arg, **ARG_TOKENS)
     c = base_config()
     c.model.name = "vgg5"
-    c.model.head = head
-    c.data = data_config(dataset, batch_size=100)
+    c.model.head = args["head"]
+    c.data = data_config(args["dataset"], batch_size=100)
     c.num_epochs = 200
     c.optim.name = "adam"
     c.optim.learning_rate = 0.005

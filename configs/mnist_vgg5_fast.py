@@ -18,31 +18,30 @@ Command: ``python -m spinal_jax.bench --tta configs/mnist_vgg5_fast.py:bf16,pape
 (``benchmarks/results/2026-11-26-h200/``).
 """
 
-from spinal_jax.config import HEADS, base_config, data_config
+from ml_collections import ConfigDict
 
-DATASETS = (
-    "mnist", "qmnist", "fashion_mnist", "kmnist", "emnist/digits", "emnist/letters", "emnist/balanced",
-)  # fmt: skip
+from spinal_jax.config import (
+    DTYPE_TOKENS,
+    HEADS,
+    MNIST_DATASETS,
+    base_config,
+    choice,
+    data_config,
+    flag,
+    parse_config_arg,
+)
+
+ARG_TOKENS = {
+    "dataset": choice(MNIST_DATASETS, "mnist"),
+    "head": choice(HEADS, "spinal"),
+    "dtype": DTYPE_TOKENS,
+    "paper": flag("paper"),
+}
 
 
-def get_config(arg: str | None = None):
-    dataset, head, dtype, paper = "mnist", "spinal", "float32", False
-    for token in filter(None, (t.strip() for t in (arg or "").split(","))):
-        if token in HEADS:
-            head = token
-        elif token in ("bf16", "bfloat16"):
-            dtype = "bfloat16"
-        elif token in ("fp32", "float32"):
-            dtype = "float32"
-        elif token == "paper":
-            paper = True
-        elif token in DATASETS or token.replace("_", "/", 1) in DATASETS:
-            dataset = token if token in DATASETS else token.replace("_", "/", 1)
-        else:
-            raise ValueError(
-                f"Config argument {token!r} is none of: a head {HEADS}, a data set {DATASETS}, 'bf16', "
-                "'fp32', 'paper'."
-            )
+def get_config(arg: str | None = None) -> ConfigDict:
+    args = parse_config_arg(arg, **ARG_TOKENS)
+    dataset, head, dtype, paper = args["dataset"], args["head"], args["dtype"], args["paper"]
     c = base_config()
     c.model.name = "vgg5"
     c.model.head = head

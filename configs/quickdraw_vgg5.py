@@ -7,15 +7,19 @@ Recipe: the MNIST VGG-5 one (Adam 0.005, batch 100, plateau restarts lr <- 0.005
 30 epochs (there is no reference schedule for Quick Draw). Measured: not yet run.
 """
 
-from spinal_jax.config import base_config, data_config, parse_arg
+from ml_collections import ConfigDict
+
+from spinal_jax.config import HEADS, base_config, choice, data_config, parse_config_arg
+
+ARG_TOKENS = {"dataset": choice(("quickdraw",), "quickdraw"), "head": choice(HEADS, "spinal")}
 
 
-def get_config(arg: str | None = None):
-    _, head = parse_arg(arg, "quickdraw", "spinal", ("quickdraw",))
+def get_config(arg: str | None = None) -> ConfigDict:
+    args = parse_config_arg(arg, **ARG_TOKENS)
     c = base_config()
     c.model.name = "vgg5"
-    c.model.head = head
-    c.data = data_config("quickdraw", batch_size=100)
+    c.model.head = args["head"]
+    c.data = data_config(args["dataset"], batch_size=100)
     c.num_epochs = 30
     c.optim.name = "adam"
     c.optim.learning_rate = 0.005

@@ -16,9 +16,14 @@ summary.json's max_test_over_epochs); paper chart: 88.36 %.
 Measured: not yet run at full scale (needs a GPU and the ImageNet weights).
 """
 
-from spinal_jax.config import parse_transfer_arg, transfer_config
+from ml_collections import ConfigDict
+
+from spinal_jax.config import TRANSFER_TOKENS, choice, parse_config_arg, transfer_config
+
+ARG_TOKENS = {"dataset": choice(("cifar100",), "cifar100"), **TRANSFER_TOKENS}
 
 
-def get_config(arg: str | None = None):
-    dataset, head, mode = parse_transfer_arg(arg, "cifar100", ("cifar100",))
-    return transfer_config(dataset, head, mode, spinal_width=512, batch_size=24, num_epochs=50)
+def get_config(arg: str | None = None) -> ConfigDict:
+    return transfer_config(
+        **parse_config_arg(arg, **ARG_TOKENS), spinal_width=512, batch_size=24, num_epochs=50
+    )

@@ -20,9 +20,14 @@ reproduce: the head here replaces ``fc`` of the WRN). Paper chart: 98.14 %.
 Measured: not yet run at full scale (needs a GPU and the ImageNet weights).
 """
 
-from spinal_jax.config import parse_transfer_arg, transfer_config
+from ml_collections import ConfigDict
+
+from spinal_jax.config import TRANSFER_TOKENS, choice, parse_config_arg, transfer_config
+
+ARG_TOKENS = {"dataset": choice(("cifar10", "cifar10_jpeg"), "cifar10"), **TRANSFER_TOKENS}
 
 
-def get_config(arg: str | None = None):
-    dataset, head, mode = parse_transfer_arg(arg, "cifar10", ("cifar10", "cifar10_jpeg"))
-    return transfer_config(dataset, head, mode, spinal_width=20, batch_size=28, num_epochs=50)
+def get_config(arg: str | None = None) -> ConfigDict:
+    return transfer_config(
+        **parse_config_arg(arg, **ARG_TOKENS), spinal_width=20, batch_size=28, num_epochs=50
+    )

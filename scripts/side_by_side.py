@@ -22,35 +22,79 @@ sys.path.insert(0, str(REPO))
 
 from spinal_jax import bench  # noqa: E402
 
-# (torch anchor model, torch modes, our workload, batch, our dtype, our modes, recipe)
+
+def config(spec: str) -> str:
+    """``--config=`` a file of configs/ (with its ``:ARG``), wherever this script is run from."""
+    return f"--config={REPO / 'configs' / spec}"
+
+
+# The ImageNet rows train as the anchor does: SGD momentum 0.9, weight decay 1e-4, no Nesterov.
+RESNET = ("--config.data.batch_size=256", "--config.optim.nesterov=False")
+# VGG-16-BN at 224 x 224 with 1000 classes, on the transfer recipe (SGD momentum 0.9) with the anchor's decay.
+VGG16 = (
+    "--config.model.name=vgg16_bn",
+    "--config.model.num_classes=1000",
+    "--config.data.image_size=224",
+    "--config.data.batch_size=128",
+    "--config.optim.weight_decay=0.0001",
+)
+# (torch anchor model, torch modes, our bench arguments: a config file[:ARG], its overrides and the sweeps)
 SUITES = {
     "mnist": [
-        ("vgg5", "fp32,amp", "vgg5:default", 100, "float32,bfloat16", "step,scan", "adam"),
-        ("vgg5_spinal", "fp32,amp", "vgg5:spinal", 100, "float32,bfloat16", "step,scan", "adam"),
+        (
+            "vgg5",
+            "fp32,amp",
+            (config("mnist_vgg5.py:default"), "--dtypes=float32,bfloat16", "--modes=step,scan"),
+        ),
+        (
+            "vgg5_spinal",
+            "fp32,amp",
+            (config("mnist_vgg5.py:spinal"), "--dtypes=float32,bfloat16", "--modes=step,scan"),
+        ),
     ],
     "imagenet": [
-        ("resnet50", "amp,compile", "resnet50:default", 256, "bfloat16", "step", "sgd"),
-        ("resnet50_spinal", "amp,compile", "resnet50:spinal", 256, "bfloat16", "step", "sgd"),
+        (
+            "resnet50",
+            "amp,compile",
+            (config("imagenet_resnet50.py:default"), *RESNET, "--dtypes=bfloat16"),
+        ),
+        (
+            "resnet50_spinal",
+            "amp,compile",
+            (config("imagenet_resnet50.py:spinal"), *RESNET, "--dtypes=bfloat16"),
+        ),
     ],
     "vgg16": [
-        ("vgg16", "amp", "vgg16_bn:default", 128, "bfloat16", "step", "sgd"),
+        ("vgg16", "amp", (config("transfer_cifar10_wrn.py:default"), *VGG16, "--dtypes=bfloat16")),
         # The anchor's VGG-16 spinal head: w=4096, dropout 0.5, no BatchNorm.
         (
             "vgg16_spinal",
             "amp",
-            "vgg16_bn:spinal:spinal_width=4096:spinal_bn=false",
-            128,
-            "bfloat16",
-            "step",
-            "sgd",
+            (
+                config("transfer_cifar10_wrn.py:spinal"),
+                *VGG16,
+                "--config.model.kwargs.spinal_width=4096",
+                "--config.model.kwargs.spinal_bn=False",
+                "--dtypes=bfloat16",
+            ),
         ),
     ],
 }
 # The headline workload alone: ResNet-50 + spinal head against torch.compile + AMP.
 SUITES["resnet50_spinal"] = [
-    ("resnet50_spinal", "compile", "resnet50:spinal", 256, "bfloat16", "step", "sgd")
+    (
+        "resnet50_spinal",
+        "compile",
+        (config("imagenet_resnet50.py:spinal"), *RESNET, "--dtypes=bfloat16"),
+    )
 ]
 SUITES["all"] = SUITES["mnist"] + SUITES["imagenet"] + SUITES["vgg16"]
+
+
+def batch_size(bench_args: tuple[str, ...]) -> int:
+    """The global batch our bench arguments train with (the config's unless overridden), for the anchor."""
+    config = bench.workload_configs(bench.parse_flags(bench_args))[0]
+    return config.data.batch_size
 
 
 def run_torch(anchors: Path, model: str, modes: str, batch: int, steps: int, windows: int) -> list[dict]:
@@ -88,34 +132,17 @@ def main() -> None:
     env = bench.environment()
     print(json.dumps(env), flush=True)
     rows = []
-    for torch_model, torch_modes, workload, batch, dtypes, modes, recipe in SUITES[args.suite]:
+    for torch_model, torch_modes, bench_args in SUITES[args.suite]:
         torch_records = run_torch(
-            Path(args.anchors), torch_model, torch_modes, batch, args.steps, args.windows
+            Path(args.anchors), torch_model, torch_modes, batch_size(bench_args), args.steps, args.windows
         )
         for r in torch_records:
             print(json.dumps(r), flush=True)
         best_torch = max((r.get("img_s_median", 0) for r in torch_records), default=0)
-        for dtype in dtypes.split(","):
-            for mode in modes.split(","):
-                ours = bench.run_workload(
-                    bench.Workload.parse(workload),
-                    batch=batch,
-                    dtype=dtype,
-                    mode=mode,
-                    steps_per_window=args.steps,
-                    windows=args.windows,
-                    recipe=recipe,
-                )
-                print(json.dumps(ours), flush=True)
-                rows.append(
-                    {
-                        "torch": torch_records,
-                        "jax": ours,
-                        "ratio_vs_best_torch": round(ours["img_s_median"] / best_torch, 2)
-                        if best_torch
-                        else None,
-                    }
-                )
+        timing = (f"--steps={args.steps}", f"--windows={args.windows}")
+        for ours in bench.run_benchmarks(bench.parse_flags([*bench_args, *timing])):
+            ratio = round(ours["img_s_median"] / best_torch, 2) if best_torch else None
+            rows.append({"torch": torch_records, "jax": ours, "ratio_vs_best_torch": ratio})
     print(
         f"\n{'workload':<52} {'mode':>5} {'dtype':>9} {'jax img/s':>10} {'best torch img/s':>17} {'ratio':>6}"
     )

@@ -1,52 +1,63 @@
-"""Training-step benchmarks on synthetic device-resident data.
+"""Training-step benchmarks and time to accuracy, on the configs and the train state training uses.
 
-    python -m spinal_jax.bench --workloads vgg5:spinal,vgg5:default --batch 100 --json bench.json
-    python -m spinal_jax.bench --workloads resnet50:spinal --batch 256 --dtypes bfloat16 --modes step
+    python -m spinal_jax.bench --config configs/mnist_vgg5.py --heads spinal,default \\
+        --dtypes float32,bfloat16 --modes step,scan --steps 100 --json bench.json
+    python -m spinal_jax.bench --config configs/imagenet_resnet50.py:spinal --config.data.batch_size=256
+    python -m spinal_jax.bench --config configs/mnist_vgg5_fast.py:bf16,paper --modes tta --target 0.995
+    python -m spinal_jax.bench --input_pipeline mnist
 
-For each workload (``model:head``), compute dtype and mode it prints and records: images/s (median of
-``--windows`` windows of ``--steps`` steps), step time, compile time, peak device memory, XLA's FLOP
-count of one step and the model FLOPs utilisation against the device's peak.
+A workload is what ``train.py --config`` trains: a config file[:ARG] with ``--config.FIELD=VALUE`` overrides,
+read by the same ml_collections flag (:func:`spinal_jax.config.define_config_flag`). Its model and train
+state (optimiser, schedule, fine-tuning mode) come from :mod:`spinal_jax.build`, as in training. ``--heads``
+and ``--dtypes`` repeat the workload with ``config.model.head`` / ``config.dtype`` set to each value (default:
+the config's own). The batch is ``config.data.batch_size``, on one device; the classes are
+``config.model.num_classes`` (the model's registry default when 0) and the images are
+``config.data.image_size`` squares (the model's input size when 0).
 
-Modes:
-  step  one jitted train step called from Python per batch (the CPU path);
-  scan  a whole epoch of ``--steps`` batches compiled as one ``lax.scan`` over device-resident data
-        (the accelerator path: no per-step dispatch or host transfer).
-The step is :func:`spinal_jax.steps.train_step` (the one training uses), on one device.
+Modes (``--modes``, comma-separated):
+  step  the pmapped train step of training (:func:`spinal_jax.steps.pmap_train_step`), called from Python
+        once per batch (the CPU path);
+  scan  an epoch of ``--steps`` batches compiled as one ``lax.scan`` of the same step over synthetic batches
+        held on the device (the accelerator path: no per-step dispatch or host transfer);
+  tta   time to accuracy: a whole training run (``training.train_and_evaluate``) of the config, in a
+        temporary workdir unless ``--workdir`` is given.
 
-Time to accuracy: a whole training run (``training.train_and_evaluate``) of a config file, e.g. the
-device-resident SpinalVGG-5 MNIST protocol:
-
-    python -m spinal_jax.bench --tta configs/mnist_vgg5_fast.py:bf16 --target 0.995 --epochs 20
-
-records compile seconds, the training seconds (after compilation; evaluation included) until the test
-accuracy first reached ``--target``, the run's total wall time (data loading and compilation included)
-and the best test accuracy. ``--input-pipeline mnist`` adds a row of host input-pipeline images/s
-(:mod:`spinal_jax.data.throughput`: per-example transform on one core, and the grain train iterator).
+For ``step`` and ``scan`` it records images/s (median of ``--windows`` windows of ``--steps`` steps), step
+time, compile time, peak device memory, XLA's FLOP count of one step and the model FLOPs utilisation against
+the device's peak. For ``tta``: compile seconds, the training seconds (after compilation; evaluation
+included) until the ``--target_split`` accuracy first reached ``--target``, the run's total wall time (data
+loading and compilation included) and the best accuracy. ``--input_pipeline DATASET`` adds a row of host
+input-pipeline images/s (:mod:`spinal_jax.data.throughput`: per-example transform on one core, and the
+grain train iterator).
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import functools
-import importlib.util
+import itertools
 import json
 import os
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import flags
+from flax import jax_utils
+from ml_collections import config_flags
 
-from spinal_jax import optim, steps
-from spinal_jax.models import create_model, get_spec
+from spinal_jax import build, steps
+from spinal_jax import config as config_lib
+from spinal_jax.errors import UserError, run_cli
+from spinal_jax.models import get_spec
 
 # Dense peak FLOP/s by device kind and compute dtype (vendor figures; fp32 matmuls use TF32 on Hopper).
 PEAK_FLOPS = {
@@ -57,53 +68,89 @@ PEAK_FLOPS = {
     ("A100", "bfloat16"): 312e12,
     ("A100", "float32"): 156e12,
 }
-
-# Optimisers of the reference recipes: Adam 5e-3 (VGG-5 family), SGD momentum (ImageNet / the anchor).
-RECIPES = {
-    "adam": dict(name="adam", learning_rate=5e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0),
-    "sgd": dict(name="sgd", learning_rate=0.01, momentum=0.9, nesterov=False, weight_decay=1e-4),
-}
+THROUGHPUT_MODES = ("step", "scan")
+MODES = (*THROUGHPUT_MODES, "tta")
+PROGRAM = "python -m spinal_jax.bench"
 
 
-@dataclasses.dataclass(frozen=True)
-class Workload:
-    """One model configuration to time: ``model:head`` plus optional ``key=value`` model overrides."""
-
-    model: str
-    head: str
-    overrides: tuple[tuple[str, Any], ...] = ()
-
-    @classmethod
-    def parse(cls, text: str) -> Workload:
-        parts = text.split(":")
-        model, head = parts[0], parts[1] if len(parts) > 1 else "spinal"
-        overrides = []
-        for item in parts[2:]:
-            key, _, value = item.partition("=")
-            overrides.append((key, json.loads(value) if value[:1] in "0123456789-tfn[" else value))
-        return cls(model, head, tuple(overrides))
-
-    @property
-    def label(self) -> str:
-        extra = "".join(f":{k}={v}" for k, v in self.overrides)
-        return f"{self.model}:{self.head}{extra}"
-
-
-def _optimizer(recipe: str) -> Any:
-    cfg = ml_collections.ConfigDict(
-        dict(
-            name="sgd",
-            learning_rate=0.01,
-            momentum=0.0,
-            nesterov=False,
-            b1=0.9,
-            b2=0.999,
-            eps=1e-8,
-            weight_decay=0.0,
-        )
+def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
+    """The benchmark's flags on ``flag_values``: ``--config`` (with its overrides in ``argv``) as
+    ``train.py`` defines it, and the benchmark's own."""
+    config_lib.define_config_flag(flag_values, argv)
+    on = {"flag_values": flag_values}
+    flags.DEFINE_list(
+        "heads", [], "Run the workload with each config.model.head (default: the config's).", **on
     )
-    cfg.update(RECIPES[recipe])
-    return optim.create_optimizer(cfg, cfg.learning_rate)
+    flags.DEFINE_list("dtypes", [], "Run the workload with each config.dtype (default: the config's).", **on)
+    flags.DEFINE_list("modes", ["step"], f"Comma-separated, from {', '.join(MODES)}.", **on)
+    flags.DEFINE_integer("steps", 20, "Steps per timing window (= one scanned epoch).", **on)
+    flags.DEFINE_integer("windows", 5, "Timing windows; images/s is their median.", **on)
+    flags.DEFINE_float("target", 0.995, "tta: the target accuracy.", **on)
+    flags.DEFINE_enum("target_split", "test", ["test", "validation"], "tta: the split of --target.", **on)
+    flags.DEFINE_string("workdir", None, "tta: keep the run here (default: a temporary folder).", **on)
+    flags.DEFINE_string(
+        "input_pipeline", None, "Add a host input-pipeline images/s row of this data set.", **on
+    )
+    flags.DEFINE_integer("input_images", 2000, "--input_pipeline: images to time.", **on)
+    flags.DEFINE_string("data_dir", "", "--input_pipeline: the prepared tfds data dir.", **on)
+    flags.DEFINE_string("json", None, "Write the records and the environment to this file.", **on)
+    flags.DEFINE_bool("help", False, "Print this help.", short_name="h", **on)
+
+
+def parse_flags(args: Sequence[str]) -> flags.FlagValues:
+    """The benchmark's command line (without the program name) parsed; a :class:`UserError` for bad input."""
+    argv = [PROGRAM, *args]
+    values = flags.FlagValues()
+    define_flags(values, argv)
+    rest = config_lib.parse_config_flags(values, argv)
+    if values.help:
+        return values
+    if rest[1:]:
+        raise UserError(f"Unexpected arguments {rest[1:]}; {PROGRAM} --help lists the flags.")
+    unknown = [mode for mode in values.modes if mode not in MODES]
+    if unknown:
+        raise UserError(f"--modes: {', '.join(unknown)} is not a mode; use some of {', '.join(MODES)}.")
+    if values.config is None and not values.input_pipeline:
+        raise UserError(
+            "Nothing to run: give a workload, --config=configs/x.py[:ARG], or --input_pipeline=NAME."
+        )
+    runs = len(values.heads or [None]) * len(values.dtypes or [None])
+    if values.workdir and "tta" in values.modes and runs > 1:
+        raise UserError(
+            "--workdir keeps one tta run: give at most one --heads and one --dtypes value with it."
+        )
+    workload_configs(values)  # each run's config validated before anything runs
+    return values
+
+
+def workload_configs(values: flags.FlagValues) -> list[ml_collections.ConfigDict]:
+    """The workload's config (``values.config``, as ``train.py`` reads the same flags) once per ``--heads`` x
+    ``--dtypes`` value, each validated; none without ``--config``."""
+    if values.config is None:
+        return []
+    heads = values.heads or [values.config.model.head]
+    dtypes = values.dtypes or [values.config.dtype]
+    configs = []
+    for head, dtype in itertools.product(heads, dtypes):
+        config = values.config.copy_and_resolve_references()
+        config.model.head, config.dtype = head, dtype
+        config_lib.validate_config(config)
+        configs.append(config)
+    return configs
+
+
+def workload_shape(config: ml_collections.ConfigDict) -> tuple[int, tuple[int, int, int]]:
+    """The classes and the ``(H, W, C)`` images a benchmark feeds ``config``'s model: ``model.num_classes``
+    (the model's registry default when 0) and ``data.image_size`` squares (its input size when 0)."""
+    spec = get_spec(config.model.name)
+    height, width, channels = spec.input_shape
+    size = config.data.image_size
+    return config.model.num_classes or spec.num_classes, (size or height, size or width, channels)
+
+
+def workload_label(config: ml_collections.ConfigDict) -> str:
+    """``model:head``, the name of a workload in records and tables."""
+    return f"{config.model.name}:{config.model.head}"
 
 
 def _peak_flops(dtype: str) -> float | None:
@@ -119,13 +166,16 @@ def _peak_memory() -> int | None:
     return stats.get("peak_bytes_in_use")
 
 
-def _step_flops(state: Any, batch: dict[str, jax.Array]) -> float | None:
-    """FLOPs of one train step on ``batch``, from XLA's cost analysis of the *lowered* (unoptimised) HLO.
+def _step_flops(p_state: Any, p_batch: dict[str, jax.Array], label_smoothing: float) -> float | None:
+    """FLOPs of one train step on one device's batch, from XLA's cost analysis of the *lowered* (unoptimised)
+    HLO of the step (vmapped over the leading device axis of ``p_state`` / ``p_batch``, which binds the
+    model's BatchNorm axis as pmap does).
 
     The compiled GPU executable's analysis leaves out cuDNN convolutions (custom calls) and counts a
     scanned loop's body once, so it is not used.
     """
-    traced = jax.jit(functools.partial(steps.train_step, axis_name=None)).trace(state, batch)
+    step = functools.partial(steps.train_step, label_smoothing=label_smoothing, axis_name=steps.AXIS)
+    traced = jax.jit(jax.vmap(step, axis_name=steps.AXIS)).trace(p_state, p_batch)
     # jax 0.11.2 on a GPU returned no analysis for the GPU lowering (H200, 2026-11-26): fall back to the
     # same step lowered for the CPU, whose HLO cost analysis counts the same convolutions and matmuls.
     for platforms in (None, ("cpu",)):
@@ -139,88 +189,104 @@ def _step_flops(state: Any, batch: dict[str, jax.Array]) -> float | None:
     return None
 
 
-def run_workload(
-    workload: Workload,
-    *,
-    batch: int,
-    dtype: str,
-    mode: str,
-    steps_per_window: int,
-    windows: int,
-    recipe: str,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Time one workload; returns a JSON-able record."""
-    spec = get_spec(workload.model)
-    model = create_model(
-        workload.model,
-        spec.num_classes,
-        head=workload.head,
-        dtype=jnp.dtype(dtype),
-        **dict(workload.overrides),
-    )
-    state = steps.create_train_state(jax.random.key(seed), model, spec.input_shape, _optimizer(recipe))
-    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
-    rng = np.random.default_rng(seed)
+def _scan_steps(
+    state: steps.TrainState, data: steps.Batch, *, label_smoothing: float
+) -> tuple[steps.TrainState, dict[str, jax.Array]]:
+    """:func:`steps.train_step` over the leading (step) axis of ``data``; the last step's metrics."""
+    step = functools.partial(steps.train_step, label_smoothing=label_smoothing, axis_name=steps.AXIS)
+    state, metrics = jax.lax.scan(step, state, data)
+    return state, jax.tree.map(lambda m: m[-1], metrics)
+
+
+def _step_function(mode: str, label_smoothing: float) -> Any:
+    """The pmapped function a ``mode`` times: one train step, or a scanned epoch of them."""
     if mode == "step":
-        data = {
-            "image": jnp.asarray(rng.standard_normal((batch, *spec.input_shape), np.float32)),
-            "label": jnp.asarray(rng.integers(0, spec.num_classes, batch), jnp.int32),
-        }
-        step = jax.jit(functools.partial(steps.train_step, axis_name=None), donate_argnums=(0,))
-        images_per_call, calls = batch, steps_per_window
-    elif mode == "scan":
-        data = {
-            "image": jnp.asarray(
-                rng.standard_normal((steps_per_window, batch, *spec.input_shape), np.float32)
-            ),
-            "label": jnp.asarray(rng.integers(0, spec.num_classes, (steps_per_window, batch)), jnp.int32),
-        }
+        return steps.pmap_train_step(label_smoothing)
+    scan = functools.partial(_scan_steps, label_smoothing=label_smoothing)
+    return jax.pmap(scan, axis_name=steps.AXIS, donate_argnums=(0,))
 
-        def epoch(state: Any, data: dict[str, jax.Array]) -> tuple[Any, dict[str, jax.Array]]:
-            body = functools.partial(steps.train_step, axis_name=None)
-            state, metrics = jax.lax.scan(body, state, data)
-            return state, jax.tree.map(lambda m: m[-1], metrics)
 
-        step = jax.jit(epoch, donate_argnums=(0,))
-        images_per_call, calls = batch * steps_per_window, 1
-    else:
-        raise ValueError(f"Unknown mode {mode!r}: use 'step' or 'scan'.")
+def synthetic_batches(
+    seed: int, batch: int, image_shape: tuple[int, int, int], num_classes: int, num_steps: int = 0
+) -> dict[str, np.ndarray]:
+    """Normal images and uniform labels: one batch, or ``num_steps`` stacked batches when > 0."""
+    rng = np.random.default_rng(seed)
+    lead = (num_steps, batch) if num_steps else (batch,)
+    return {
+        "image": rng.standard_normal((*lead, *image_shape), np.float32),
+        "label": rng.integers(0, num_classes, lead).astype(np.int32),
+    }
 
-    t0 = time.perf_counter()
-    compiled = step.lower(state, data).compile()
-    compile_s = time.perf_counter() - t0
-    one_batch = jax.tree.map(lambda a: a[0], data) if mode == "scan" else data
-    flops_per_step = _step_flops(state, one_batch)
-    state, metrics = compiled(state, data)  # warm-up
+
+def run_workload(
+    config: ml_collections.ConfigDict, *, mode: str, steps_per_window: int, windows: int
+) -> dict[str, Any]:
+    """Time ``config``'s train step in ``mode`` ('step' or 'scan') on one device; a JSON-able record."""
+    if mode not in THROUGHPUT_MODES:
+        raise UserError(f"Unknown mode {mode!r}: use one of {THROUGHPUT_MODES}.")
+    num_classes, image_shape = workload_shape(config)
+    batch = config.data.batch_size
+    model = build.build_model(config, num_classes)
+    state, _ = build.build_train_state(config, model, image_shape, steps_per_window, batch)
+    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+    data = synthetic_batches(
+        config.seed, batch, image_shape, num_classes, steps_per_window if mode == "scan" else 0
+    )
+    p_state, p_data = jax_utils.replicate((state, data), devices=jax.local_devices()[:1])
+    function = _step_function(mode, config.label_smoothing)
+    start = time.perf_counter()
+    compiled = function.lower(p_state, p_data).compile()
+    compile_s = time.perf_counter() - start
+    one_batch = jax.tree.map(lambda a: a[:, 0], p_data) if mode == "scan" else p_data
+    flops_per_step = _step_flops(p_state, one_batch, config.label_smoothing)
+    calls = steps_per_window if mode == "step" else 1
+    rates, loss = _time_windows(compiled, p_state, p_data, calls, windows, batch * steps_per_window)
+    return {
+        "impl": "jax",
+        "workload": workload_label(config),
+        "mode": mode,
+        "dtype": config.dtype,
+        "batch": batch,
+        "params": n_params,
+        "compile_s": round(compile_s, 2),
+        **_throughput_figures(rates, batch, flops_per_step, config.dtype),
+        "final_loss": loss,
+    }
+
+
+def _time_windows(
+    compiled: Any, p_state: Any, p_data: Any, calls: int, windows: int, images_per_window: int
+) -> tuple[list[float], float]:
+    """Images/s of each of ``windows`` windows of ``calls`` calls (after one warm-up call), and the loss
+    of the last step."""
+    p_state, metrics = compiled(p_state, p_data)  # warm-up
     jax.block_until_ready(metrics)
     rates = []
     for _ in range(windows):
-        t = time.perf_counter()
+        start = time.perf_counter()
         for _ in range(calls):
-            state, metrics = compiled(state, data)
+            p_state, metrics = compiled(p_state, p_data)
         jax.block_until_ready(metrics)
-        rates.append(images_per_call * calls / (time.perf_counter() - t))
+        rates.append(images_per_window / (time.perf_counter() - start))
+    return rates, float(metrics["loss"][0])
+
+
+def _throughput_figures(
+    rates: list[float], batch: int, flops_per_step: float | None, dtype: str
+) -> dict[str, Any]:
+    """Images/s (median and best window), step time, peak memory, FLOPs per image, achieved FLOP/s, MFU."""
     img_s = statistics.median(rates)
     peak = _peak_flops(dtype)
     flops_per_image = flops_per_step / batch if flops_per_step else None
     achieved = flops_per_image * img_s if flops_per_image else None
     return {
-        "impl": "jax",
-        "workload": workload.label,
-        "mode": mode,
-        "dtype": dtype,
-        "batch": batch,
-        "params": n_params,
         "img_s_median": round(img_s, 1),
         "img_s_max": round(max(rates), 1),
         "step_ms": round(1000 * batch / img_s, 3),
-        "compile_s": round(compile_s, 2),
         "peak_memory_bytes": _peak_memory(),
         "gflop_per_image": round(flops_per_image / 1e9, 4) if flops_per_image else None,
         "achieved_tflop_s": round(achieved / 1e12, 2) if achieved else None,
         "mfu": round(achieved / peak, 4) if achieved and peak else None,
-        "final_loss": float(metrics["loss"]),
     }
 
 
@@ -235,7 +301,7 @@ def environment() -> dict[str, Any]:
         "platform": dev.platform,
         "device_count": jax.device_count(),
         "host": platform.node(),
-        "cpu_count": __import__("os").cpu_count(),
+        "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "jax": jax.__version__,
         "flax": flax.__version__,
@@ -244,37 +310,10 @@ def environment() -> dict[str, Any]:
     }
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """``path/to/config.py[:ARG]`` -> that file's ``get_config(ARG)`` (as ``train.py --config`` reads it)."""
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location(f"_bench_config_{Path(path).stem}", path)
-    if module_spec is None or not Path(path).is_file():
-        raise FileNotFoundError(f"No config file {path!r}.")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> None:
-    """``FIELD=VALUE`` strings (``data.batch_size=200``, ``dtype=bfloat16``) set on ``config``."""
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set {item!r}: use FIELD=VALUE.")
-        node = config
-        *parents, leaf = key.split(".")
-        for name in parents:
-            node = node[name]
-        if leaf not in node:
-            raise ValueError(f"--set {item!r}: the config has no field {key!r}.")
-        node[leaf] = _parse_value(value)
+def load_config(spec: str, *overrides: str) -> ml_collections.ConfigDict:
+    """``configs/x.py[:ARG]`` with ``--config.FIELD=VALUE`` overrides: the config ``train.py`` trains for
+    the same flags (:func:`spinal_jax.config.load_config_file`)."""
+    return config_lib.load_config_file(spec, overrides)
 
 
 def time_to_accuracy(
@@ -308,30 +347,37 @@ def time_to_accuracy(
     finally:
         if own:
             shutil.rmtree(workdir, ignore_errors=True)
-    key = f"{split}_accuracy"
-    reached = next((h for h in history if h.get(key) is not None and h[key] >= target), None)
-    steps_done = summary["step"]
-    epoch_s = [h["epoch_seconds"] for h in history if "epoch_seconds" in h]
-    accuracies = [h[key] for h in history if h.get(key) is not None]
     return {
         "kind": "time_to_accuracy",
         "config": label,
-        "workload": f"{config.model.name}:{config.model.head}",
+        "workload": workload_label(config),
         "dtype": config.dtype,
         "batch": config.data.batch_size,
-        "device_resident": bool(config.data.get("device_resident", False)),
+        "device_resident": bool(config.data.device_resident),
         "epochs": len(history),
         "target": target,
         "split": split,
+        "wall_s": _round(wall),
+        **_accuracy_figures(summary, history, target, split, config.data.batch_size),
+    }
+
+
+def _accuracy_figures(
+    summary: dict[str, Any], history: list[dict[str, Any]], target: float, split: str, batch: int
+) -> dict[str, Any]:
+    """A run's time to ``target`` on ``split``, its training time and throughput, and its accuracies."""
+    key = f"{split}_accuracy"
+    reached = next((h for h in history if h.get(key) is not None and h[key] >= target), None)
+    epoch_s = [h["epoch_seconds"] for h in history if "epoch_seconds" in h]
+    accuracies = [h[key] for h in history if h.get(key) is not None]
+    train_s = summary.get("train_seconds_total")
+    return {
         "compile_s": _round(summary.get("compile_seconds")),
         "seconds_to_target": _round(reached["train_seconds_total"]) if reached else None,
         "epochs_to_target": reached["epoch"] if reached else None,
-        "train_seconds_total": _round(summary.get("train_seconds_total")),
-        "wall_s": _round(wall),
+        "train_seconds_total": _round(train_s),
         "epoch_s_median": _round(statistics.median(epoch_s)) if epoch_s else None,
-        "train_img_s": round(steps_done * config.data.batch_size / summary["train_seconds_total"], 1)
-        if summary.get("train_seconds_total")
-        else None,
+        "train_img_s": round(summary["step"] * batch / train_s, 1) if train_s else None,
         f"max_{split}_accuracy": max(accuracies) if accuracies else None,
         "max_test_over_epochs": summary.get("max_test_over_epochs"),
         "test_at_best_validation": summary.get("test_at_best_validation"),
@@ -369,7 +415,36 @@ def input_pipeline(
     }
 
 
+def run_benchmarks(values: flags.FlagValues) -> list[dict[str, Any]]:
+    """Every record the parsed flags ask for (see :func:`parse_flags`), each printed as a JSON line."""
+    records = []
+    if values.input_pipeline:
+        records.append(input_pipeline(values.input_pipeline, values.input_images, data_dir=values.data_dir))
+        print(json.dumps(records[-1]), flush=True)
+    source = {}
+    if values.config is not None:
+        source = {
+            "config": config_flags.get_config_filename(values["config"]),
+            "overrides": config_flags.get_override_values(values["config"]),
+        }
+    for config, mode in itertools.product(workload_configs(values), values.modes):
+        if mode == "tta":
+            record = time_to_accuracy(
+                config,
+                values.target,
+                label=source["config"],
+                split=values.target_split,
+                workdir=values.workdir,
+            )
+        else:
+            record = run_workload(config, mode=mode, steps_per_window=values.steps, windows=values.windows)
+        records.append({**record, **source})
+        print(json.dumps(records[-1], default=str), flush=True)
+    return records
+
+
 def format_table(records: list[dict[str, Any]]) -> str:
+    """The throughput records as an aligned text table."""
     cols = [
         "workload",
         "mode",
@@ -388,89 +463,46 @@ def format_table(records: list[dict[str, Any]]) -> str:
     return "\n".join([line(cols), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--workloads",
-        default=None,
-        help="comma-separated model:head[:field=value...] (default vgg5:spinal,vgg5:default, unless --tta "
-        "or --input-pipeline is given)",
-    )
-    parser.add_argument("--batch", type=int, default=100)
-    parser.add_argument("--dtypes", default="float32", help="comma-separated: float32,bfloat16")
-    parser.add_argument("--modes", default="step", help="comma-separated: step,scan")
-    parser.add_argument("--steps", type=int, default=20, help="steps per timing window (= scanned epoch)")
-    parser.add_argument("--windows", type=int, default=5)
-    parser.add_argument("--recipe", default="adam", choices=sorted(RECIPES))
-    parser.add_argument("--json", default=None, help="write the records and the environment here")
-    parser.add_argument("--tta", default=None, help="time to accuracy of a config file: CONFIG.py[:ARG]")
-    parser.add_argument("--target", type=float, default=0.995, help="--tta: the target accuracy")
-    parser.add_argument("--target-split", default="test", choices=["test", "validation"])
-    parser.add_argument("--epochs", type=int, default=0, help="--tta: epochs to train (0: the config's)")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="FIELD=VALUE", help="--tta: config override (repeat)"
-    )
-    parser.add_argument("--workdir", default=None, help="--tta: keep the run here (default: a temporary dir)")
-    parser.add_argument("--input-pipeline", default=None, metavar="DATASET", help="host pipeline img/s row")
-    parser.add_argument("--input-images", type=int, default=2000)
-    parser.add_argument("--data-dir", default="", help="--input-pipeline: the prepared tfds data dir")
-    args = parser.parse_args(argv)
-    if args.workloads is None:
-        args.workloads = "" if (args.tta or args.input_pipeline) else "vgg5:spinal,vgg5:default"
-    env = environment()
-    print(json.dumps(env))
-    records = []
-    if args.input_pipeline:
-        record = input_pipeline(args.input_pipeline, args.input_images, data_dir=args.data_dir)
-        print(json.dumps(record), flush=True)
-        records.append(record)
-    if args.tta:
-        config = load_config(args.tta)
-        apply_overrides(config, args.set)
-        if args.epochs:
-            config.num_epochs = args.epochs
-        record = time_to_accuracy(
-            config, args.target, label=args.tta, split=args.target_split, workdir=args.workdir
+def describe(record: dict[str, Any]) -> str | None:
+    """One line for a time-to-accuracy or input-pipeline record (None for a throughput record)."""
+    if record.get("kind") == "time_to_accuracy":
+        split = record["split"]
+        return (
+            f"{record['config']}: compile {record['compile_s']} s; {split} accuracy >= {record['target']} "
+            f"after {record['seconds_to_target']} s (epoch {record['epochs_to_target']}); {record['epochs']} "
+            f"epochs in {record['train_seconds_total']} s ({record['train_img_s']} img/s), wall "
+            f"{record['wall_s']} s; max {split} accuracy {record[f'max_{split}_accuracy']}"
         )
-        print(json.dumps(record), flush=True)
-        records.append(record)
-    for text in filter(None, args.workloads.split(",")):
-        for dtype in args.dtypes.split(","):
-            for mode in args.modes.split(","):
-                record = run_workload(
-                    Workload.parse(text),
-                    batch=args.batch,
-                    dtype=dtype,
-                    mode=mode,
-                    steps_per_window=args.steps,
-                    windows=args.windows,
-                    recipe=args.recipe,
-                )
-                print(json.dumps(record), flush=True)
-                records.append(record)
-    workloads = [r for r in records if "kind" not in r]
-    if workloads:
-        print(format_table(workloads))
-    for r in records:
-        if r.get("kind") == "time_to_accuracy":
-            split = r["split"]
-            print(
-                f"{r['config']}: compile {r['compile_s']} s; {split} accuracy >= {r['target']} after "
-                f"{r['seconds_to_target']} s (epoch {r['epochs_to_target']}); {r['epochs']} epochs in "
-                f"{r['train_seconds_total']} s ({r['train_img_s']} img/s), wall {r['wall_s']} s; "
-                f"max {split} accuracy {r[f'max_{split}_accuracy']}"
-            )
-        elif r.get("kind") == "input_pipeline":
-            print(
-                f"host pipeline {r['dataset']} ({r['policy']}): {r['img_s_per_core']} img/s on one core; "
-                f"grain iterator ({r['threads']} threads) {r['img_s_wall']} img/s wall, "
-                f"{r['img_per_cpu_s']} per CPU-s"
-            )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"environment": env, "records": records}, f, indent=1)
+    if record.get("kind") == "input_pipeline":
+        return (
+            f"host pipeline {record['dataset']} ({record['policy']}): {record['img_s_per_core']} img/s on "
+            f"one core; grain iterator ({record['threads']} threads) {record['img_s_wall']} img/s wall, "
+            f"{record['img_per_cpu_s']} per CPU-s"
+        )
+    return None
+
+
+def main(args: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Run the benchmark for the command line ``args`` (default: ``sys.argv[1:]``); returns the records."""
+    values = parse_flags(sys.argv[1:] if args is None else args)
+    if values.help:
+        print(__doc__)
+        print(values.get_help())
+        return []
+    env = environment()
+    print(json.dumps(env), flush=True)
+    records = run_benchmarks(values)
+    throughput = [r for r in records if "kind" not in r]
+    if throughput:
+        print(format_table(throughput))
+    for line in filter(None, map(describe, records)):
+        print(line)
+    if values.json:
+        Path(values.json).write_text(
+            json.dumps({"environment": env, "records": records}, indent=1, default=str)
+        )
     return records
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

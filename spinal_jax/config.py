@@ -7,6 +7,9 @@ rejects unknown fields and wrong types when the config is locked (``config_flags
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -206,24 +209,138 @@ def _check_transfer(config: ml_collections.ConfigDict) -> None:
         )
 
 
-def parse_arg(
-    arg: str | None, default_dataset: str, default_head: str, datasets: tuple[str, ...]
-) -> tuple[str, str]:
-    """``'DATASET'``, ``'HEAD'`` or ``'DATASET,HEAD'`` (the ``configs/x.py:ARG`` suffix) -> (dataset, head).
+@dataclasses.dataclass(frozen=True)
+class TokenGroup:
+    """One group of ``configs/x.py:ARG`` tokens: each accepted token and the value it selects, and the
+    value when the ARG names none of them. Build it with :func:`choice` or :func:`flag`."""
 
-    ``_`` may stand for ``/`` in data set names (``emnist_letters`` = ``emnist/letters``).
+    tokens: Mapping[str, Any]
+    default: Any
+
+    def describe(self) -> str:
+        """The accepted tokens, for error messages."""
+        return " | ".join(self.tokens)
+
+
+def choice(values: Sequence[str], default: str) -> TokenGroup:
+    """Tokens selecting one of ``values`` (``default`` when absent); a value with ``/`` is also accepted
+    with ``_`` in its place (``emnist_letters`` = ``emnist/letters``: no ``/`` in a shell-friendly ARG)."""
+    if default not in values:
+        raise ValueError(f"default {default!r} is not one of {tuple(values)}")
+    tokens = {}
+    for value in values:
+        tokens[value] = value
+        tokens.setdefault(value.replace("/", "_", 1), value)
+    return TokenGroup(tokens, default)
+
+
+def flag(token: str) -> TokenGroup:
+    """A token that is either present (True) or absent (False), such as ``paper``."""
+    return TokenGroup({token: True}, False)
+
+
+# Compute dtype tokens of a config ARG (configs/mnist_vgg5_fast.py:bf16).
+DTYPE_TOKENS = TokenGroup(
+    {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp32": "float32", "float32": "float32"}, "float32"
+)
+
+
+def parse_config_arg(arg: str | None, /, **groups: TokenGroup) -> dict[str, Any]:
+    """The ``ARG`` of ``configs/x.py:ARG`` -> ``{group: value}``, one entry per keyword group.
+
+    ``ARG`` is comma-separated tokens in any order, each from one of ``groups`` (a later token of a
+    group replaces an earlier one); a group no token names keeps its default. An unknown token raises a
+    :class:`UserError` naming it and every accepted token. Example::
+
+        parse_config_arg("kmnist,bf16", dataset=choice(DATASETS, "mnist"), head=choice(HEADS, "spinal"),
+                         dtype=DTYPE_TOKENS, paper=flag("paper"))
+        -> {"dataset": "kmnist", "head": "spinal", "dtype": "bfloat16", "paper": False}
     """
-    dataset, head = default_dataset, default_head
+    values = {name: group.default for name, group in groups.items()}
     for token in filter(None, (t.strip() for t in (arg or "").split(","))):
-        if token in HEADS:
-            head = token
-        elif token in datasets or token.replace("_", "/", 1) in datasets:
-            dataset = token if token in datasets else token.replace("_", "/", 1)
-        else:
-            raise UserError(
-                f"Config argument {token!r} is neither a head {HEADS} nor a data set {datasets}."
-            )
-    return dataset, head
+        name = next((name for name, group in groups.items() if token in group.tokens), None)
+        if name is None:
+            raise UserError(_unknown_token_message(token, groups))
+        values[name] = groups[name].tokens[token]
+    return values
+
+
+def _unknown_token_message(token: str, groups: Mapping[str, TokenGroup]) -> str:
+    if not groups:
+        return (
+            f"Config argument {token!r} is not accepted: this config takes no argument; override its fields "
+            "with --config.FIELD=VALUE."
+        )
+    accepted = "; ".join(f"{name}: {group.describe()}" for name, group in groups.items())
+    return (
+        f"Config argument {token!r} is not accepted. Accepted tokens, comma-separated, one per group: "
+        f"{accepted}."
+    )
+
+
+CONFIG_FLAG_HELP = "Training config file: configs/*.py[:ARG]; override fields with --config.FIELD=VALUE."
+
+
+def define_config_flag(flag_values: Any, argv: Sequence[str]) -> None:
+    """Define ``--config`` on the absl ``flag_values`` as ``train.py`` does: ml_collections' config file
+    flag, locked (an override cannot add a field), its ``--config.FIELD=VALUE`` overrides read from ``argv``.
+    """
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file(
+        "config", None, CONFIG_FLAG_HELP, flag_values=flag_values, lock_config=True, sys_argv=list(argv)
+    )
+
+
+def parse_config_flags(flag_values: Any, argv: Sequence[str]) -> list[str]:
+    """Parse ``argv`` into ``flag_values`` (see :func:`define_config_flag`); returns the arguments left over.
+
+    What ml_collections and absl raise for a config file that does not exist or does not load (a bad
+    ``ARG``), an override naming no field and a value of the wrong type becomes one :class:`UserError` line.
+    """
+    from absl import flags
+    from ml_collections import config_flags
+
+    try:
+        rest = flag_values(list(argv))
+    except (AttributeError, KeyError) as err:  # ml_collections' bare error for an override naming no field
+        raise UserError(_unknown_field_message(err, argv)) from err
+    except flags.Error as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        if "Error whilst parsing config file" in lines[0]:  # ml_collections appends the traceback
+            raise UserError(f"--config: {lines[-1].split(': ', 1)[-1]}") from err
+        raise UserError(lines[0]) from err
+    path = config_flags.get_config_filename(flag_values["config"]) if flag_values["config"].present else ""
+    if path and not os.path.isfile(path.split(":", 1)[0]):
+        raise UserError(f"--config: no config file {path.split(':', 1)[0]!r} (configs/*.py[:ARG]).")
+    return rest
+
+
+def _unknown_field_message(err: LookupError | AttributeError, argv: Sequence[str]) -> str:
+    key, *hint = str(err.args[0] if err.args else err).split("\n")
+    key = key.strip("\"'")
+    overrides = [a[2:].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    field = next((o for o in overrides if key in o.split(".")[1:]), f"config.{key}")
+    hint_text = "".join(f" {line.strip()}" for line in hint if line.strip())
+    return (
+        f"Unknown config field {field!r}: the config has no field {key!r} there.{hint_text} Check the "
+        "spelling against the config file and docs/TRAINING.md (fields); new fields cannot be added from the "
+        "command line."
+    )
+
+
+def load_config_file(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """The config ``train.py --config=SPEC OVERRIDES...`` trains: ``spec`` is ``configs/x.py[:ARG]``,
+    ``overrides`` are ``--config.FIELD=VALUE`` arguments; errors as in :func:`parse_config_flags`."""
+    from absl import flags
+
+    argv = ["load_config_file", f"--config={spec}", *overrides]
+    flag_values = flags.FlagValues()
+    define_config_flag(flag_values, argv)
+    rest = parse_config_flags(flag_values, argv)
+    if rest[1:]:
+        raise UserError(f"Not a config override: {rest[1:]} (use --config.FIELD=VALUE).")
+    return flag_values.config
 
 
 def imagenet_config(model: str, head: str) -> ml_collections.ConfigDict:
@@ -249,33 +366,18 @@ def imagenet_config(model: str, head: str) -> ml_collections.ConfigDict:
     return c
 
 
-def parse_transfer_arg(
-    arg: str | None, default_dataset: str, datasets: tuple[str, ...]
-) -> tuple[str, str, str]:
-    """``'DATASET'``, ``'HEAD'``, ``'MODE'`` or any comma-separated mix of them -> (dataset, head, mode);
-    the head defaults to 'spinal', the fine-tuning mode to 'full' (the reference's)."""
-    dataset, head, mode = default_dataset, "spinal", "full"
-    for token in filter(None, (t.strip() for t in (arg or "").split(","))):
-        if token in HEADS:
-            head = token
-        elif token in FINETUNE_MODES:
-            mode = token
-        elif token in datasets:
-            dataset = token
-        else:
-            raise UserError(
-                f"Config argument {token!r} is neither a head {HEADS}, a fine-tuning mode "
-                f"{FINETUNE_MODES} nor a data set {datasets}."
-            )
-    return dataset, head, mode
-
-
+# The MNIST-family data sets of the VGG-5 configs (configs/mnist_vgg5.py, configs/mnist_vgg5_fast.py).
+MNIST_DATASETS = (
+    "mnist", "qmnist", "fashion_mnist", "kmnist", "emnist/digits", "emnist/letters", "emnist/balanced",
+)  # fmt: skip
 TRANSFER_DATASETS = {
     "cifar10": "cifar10",
     "cifar10_jpeg": "image_folder",
     "cifar100": "cifar100",
     "stl10": "stl10",
 }
+# The head and fine-tuning mode tokens of every transfer config's ARG (configs/transfer_*.py).
+TRANSFER_TOKENS = {"head": choice(HEADS, "spinal"), "mode": choice(FINETUNE_MODES, "full")}
 
 
 def transfer_config(

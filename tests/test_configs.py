@@ -3,8 +3,13 @@ command-line overrides take effect; unknown fields, wrong types and bad values a
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import itertools
+import json
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import jax
@@ -14,8 +19,9 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from spinal_jax import build
+from spinal_jax import bench, build
 from spinal_jax import config as config_lib
+from spinal_jax.errors import UserError
 from spinal_jax.models import get_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +82,7 @@ def test_config_arguments_select_dataset_and_head():
     assert (config.data.name, config.model.head) == ("emnist/letters", "default")
     config = load("cifar_resnet.py:cifar100")
     assert (config.model.name, config.data.name, config.plateau.power) == ("cifar_resnet34", "cifar100", 5.0)
-    with pytest.raises(flags.IllegalFlagValueError, match="'svhn' is neither a head"):
+    with pytest.raises(flags.IllegalFlagValueError, match="'svhn' is not accepted"):
         load("mnist_vgg5.py:svhn")
 
 
@@ -120,7 +126,7 @@ def test_train_py_names_an_unknown_field_in_one_message(tmp_path):
         timeout=120,
         check=False,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2  # train.py's status for a one-line error
     assert "Unknown config field 'config.optim.lrr'" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "w").exists()
@@ -199,7 +205,7 @@ def test_transfer_config_arguments_and_overrides():
     assert config.finetune.mode == "linear_probe"
     assert config.pretrained == "/weights/wrn101" and config.model.kwargs.spinal_width == 64
     config_lib.validate_config(config)
-    with pytest.raises(flags.IllegalFlagValueError, match="neither a head .* a fine-tuning mode"):
+    with pytest.raises(flags.IllegalFlagValueError, match="'frozen' is not accepted.* mode: full"):
         load("transfer_stl10_wrn.py:frozen")
     with pytest.raises(AttributeError, match="spinal_widht"):
         load("transfer_stl10_wrn.py", "--config.model.kwargs.spinal_widht=3")
@@ -241,3 +247,147 @@ def test_bad_transfer_values_are_rejected_naming_the_field(spec, override, messa
         config = load(spec, override)
     with pytest.raises(ValueError, match=message):
         config_lib.validate_config(config)
+
+
+def config_module(name: str) -> types.ModuleType:
+    """``configs/<name>`` imported by path, as ml_collections loads it."""
+    spec = importlib.util.spec_from_file_location(f"config_{Path(name).stem}", REPO / "configs" / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def every_arg(groups: dict[str, config_lib.TokenGroup]) -> list[tuple[str, dict[str, object]]]:
+    """Every ARG naming at most one token of each group (any accepted token, or none), with the values
+    it selects."""
+    options = [[(None, group.default), *group.tokens.items()] for group in groups.values()]
+    args = []
+    for combination in itertools.product(*options):
+        tokens = [token for token, _ in combination if token is not None]
+        args.append((",".join(tokens), dict(zip(groups, (value for _, value in combination), strict=True))))
+    return args
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_accepted_arg_loads(name):
+    """Every config file reads its ARG with parse_config_arg from its ARG_TOKENS, and every combination of
+    accepted tokens loads through config_flags (as train.py reads it), validates and selects what it names."""
+    groups = config_module(name).ARG_TOKENS
+    args = every_arg(groups)
+    assert len(args) == np.prod([len(g.tokens) + 1 for g in groups.values()])
+    for arg, selected in args:
+        config = load(f"{name}:{arg}" if arg else name)
+        config_lib.validate_config(config)
+        assert config.model.head == selected.get("head", config.model.head), arg
+        assert config.dtype == selected.get("dtype", config.dtype), arg
+        dataset = config_lib.TRANSFER_DATASETS.get(selected.get("dataset"), selected.get("dataset"))
+        assert config.data.name == (dataset or config.data.name), arg
+        if "paper" in selected:
+            assert (config.plateau.monitor == "test") == selected["paper"], arg
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_bad_arg_token_names_every_accepted_token(name):
+    module = config_module(name)
+    with pytest.raises(UserError, match="'svhn' is not accepted") as raised:
+        module.get_config("spinal,svhn" if "head" in module.ARG_TOKENS else "svhn")
+    message = str(raised.value)
+    for group_name, group in module.ARG_TOKENS.items():
+        assert group_name in message and all(token in message for token in group.tokens), message
+    if not module.ARG_TOKENS:
+        assert "takes no argument" in message
+
+
+def test_parse_config_arg():
+    groups = {
+        "dataset": config_lib.choice(("mnist", "emnist/letters"), "mnist"),
+        "head": config_lib.choice(config_lib.HEADS, "spinal"),
+        "dtype": config_lib.DTYPE_TOKENS,
+        "paper": config_lib.flag("paper"),
+    }
+    parse = functools.partial(config_lib.parse_config_arg, **groups)
+    defaults = {"dataset": "mnist", "head": "spinal", "dtype": "float32", "paper": False}
+    assert parse(None) == parse("") == parse(" , ") == defaults
+    assert parse(" emnist_letters , bf16,paper") == {
+        **defaults,
+        "dataset": "emnist/letters",
+        "dtype": "bfloat16",
+        "paper": True,
+    }
+    assert parse("default,emnist/letters,spinal") == {
+        **defaults,
+        "dataset": "emnist/letters",
+    }  # the last wins
+    with pytest.raises(
+        UserError, match=r"'bf32' is not accepted.*dtype: bf16 \| bfloat16 \| fp32 \| float32; paper: paper"
+    ):
+        parse("mnist,bf32")
+    with pytest.raises(ValueError, match="default 'cifar10' is not one of"):
+        config_lib.choice(("mnist",), "cifar10")
+
+
+BENCH_FLAGS = [
+    ("mnist_vgg5_fast.py:kmnist,bf16", "--config.num_epochs=20", "--config.optim.learning_rate=0.003"),
+    ("transfer_cifar10_wrn.py:cifar10_jpeg,linear_probe", "--config.model.kwargs.spinal_width=64"),
+    ("imagenet_resnet50.py:spinal", "--config.data.batch_size=256", "--config.optim.nesterov=False"),
+]
+
+
+@pytest.mark.parametrize("spec_and_overrides", BENCH_FLAGS)
+def test_bench_config_is_the_training_config_for_the_same_flags(spec_and_overrides):
+    spec, *overrides = spec_and_overrides
+    training_config = load(spec, *overrides)
+    values = bench.parse_flags([f"--config={REPO / 'configs' / spec}", *overrides, "--modes=step,tta"])
+    assert values.config == training_config
+    assert [c.to_dict() for c in bench.workload_configs(values)] == [training_config.to_dict()]
+    assert bench.load_config(str(REPO / "configs" / spec), *overrides) == training_config
+    swept = bench.workload_configs(
+        bench.parse_flags([f"--config={REPO / 'configs' / spec}", *overrides, "--heads=default,spinal"])
+    )
+    assert [c.model.head for c in swept] == ["default", "spinal"]
+    for config in swept:  # the same config but for the head
+        config.model.head = training_config.model.head
+        assert config == training_config
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--modes=step,sweep"], "--modes: sweep is not a mode"),
+        (["--config.optim.lrr=1"], "Unknown config field 'config.optim.lrr'"),
+        (["--config.num_epochs=many"], "--config.num_epochs=many"),
+        (["--heads=wide"], "config.model.head = 'wide' is not valid"),
+        (["extra"], r"Unexpected arguments \['extra'\]"),
+    ],
+)
+def test_bench_refuses_bad_flags_in_one_line(args, message):
+    with pytest.raises(UserError, match=message):
+        bench.parse_flags([f"--config={REPO / 'configs' / 'mnist_cnn.py'}", *args])
+
+
+def test_bench_without_a_workload_says_what_to_give():
+    with pytest.raises(UserError, match="Nothing to run: give a workload, --config="):
+        bench.parse_flags([])
+
+
+def test_bench_times_the_training_state_of_a_config(tmp_path):
+    """One timed step of the MNIST CNN with the spinal head: the model and optimiser of its config."""
+    records = bench.main(
+        [
+            f"--config={REPO / 'configs' / 'mnist_cnn.py'}:spinal",
+            "--config.data.batch_size=8",
+            "--steps=2",
+            "--windows=1",
+            f"--json={tmp_path / 'bench.json'}",
+        ]
+    )
+    (record,) = records
+    assert (record["workload"], record["mode"], record["batch"], record["params"]) == (
+        "mnist_cnn:spinal",
+        "step",
+        8,
+        13_818,
+    )
+    assert record["img_s_median"] > 0 and record["gflop_per_image"] > 0 and np.isfinite(record["final_loss"])
+    assert record["overrides"] == {"data.batch_size": 8} and record["config"].endswith("mnist_cnn.py:spinal")
+    assert json.loads((tmp_path / "bench.json").read_text())["records"] == records
