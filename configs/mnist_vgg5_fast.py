@@ -8,14 +8,14 @@ Reproduces SpinalVGG-5's MNIST recipe: Adam lr 0.005, batch 100, 200 epochs, ref
 0.005 * U**3. The data are device-resident (``data.device_resident``): each epoch is one compiled
 ``lax.scan`` over the splits held on the accelerator (docs/TRAINING.md, "Device-resident data"). Epoch
 records carry ``epoch_seconds``, ``train_seconds_total`` and ``compile_seconds`` (time to accuracy:
-``python -m spinal_jax.bench --tta configs/mnist_vgg5_fast.py``). Checkpoints every 10 epochs (and the
-last; a better epoch in between is written to best/ with the next save). On a CPU use ``mnist_vgg5.py``:
-there a scanned epoch is many times slower than the per-step path.
+``python -m spinal_jax.bench --config configs/mnist_vgg5_fast.py --modes tta``). Checkpoints every 10
+epochs (and the last; a better epoch in between is written to best/ with the next save). On a CPU use
+``mnist_vgg5.py``: there a scanned epoch is many times slower than the per-step path.
 Measured (``:bf16,paper``, one NVIDIA H200, jax 0.11.2, 2026-11-26): max test accuracy
 99.73 % over the 200 epochs; >= 99.5 % after 8 epochs = 7.7 s of training; 200 epochs in 196.8 s of
 training (61,000 img/s including augmentation and evaluation), 245.5 s wall with 25 s of compilation.
-Command: ``python -m spinal_jax.bench --tta configs/mnist_vgg5_fast.py:bf16,paper --target 0.995``
-(``benchmarks/results/2026-11-26-h200/``).
+Command: ``python -m spinal_jax.bench --config configs/mnist_vgg5_fast.py:bf16,paper --modes tta
+--target 0.995`` (then in the form ``--tta CONFIG``; ``benchmarks/results/2026-11-26-h200/``).
 """
 
 from ml_collections import ConfigDict
