@@ -258,32 +258,13 @@ def eval_resident(
 
 
 @functools.lru_cache(maxsize=16)
-def pmap_train_epoch(
-    *,
-    seed: int,
-    steps_per_epoch: int,
-    batch_size: int,
-    stride: int,
-    mean: tuple[float, ...] | None = None,
-    std: tuple[float, ...] | None = None,
-    label_smoothing: float = 0.0,
-    augment: Augment | None = None,
-) -> Callable[..., Any]:
-    """:func:`train_epoch` pmapped over the local devices: ``fn(p_state, data, offsets, epoch)`` with
-    ``data`` and ``offsets`` per device (leading axis) and ``epoch`` an int32 scalar; the state is donated.
-    Cached, so runs of the same shape in one process share the compiled epoch."""
-    fn = functools.partial(
-        train_epoch,
-        seed=seed,
-        steps_per_epoch=steps_per_epoch,
-        batch_size=batch_size,
-        stride=stride,
-        mean=mean,
-        std=std,
-        label_smoothing=label_smoothing,
-        augment=augment,
-        axis_name=AXIS,
-    )
+def pmap_train_epoch(**options: Any) -> Callable[..., Any]:
+    """:func:`train_epoch` with its keyword ``options`` (``seed``, ``steps_per_epoch``, ``batch_size``,
+    ``stride``, ``mean``, ``std``, ``label_smoothing``, ``augment``) pmapped over the local devices:
+    ``fn(p_state, data, offsets, epoch)`` with ``data`` and ``offsets`` per device (leading axis) and
+    ``epoch`` an int32 scalar; the state is donated. Cached, so runs of the same shape in one process
+    share the compiled epoch."""
+    fn = functools.partial(train_epoch, **options, axis_name=AXIS)
     return jax.pmap(fn, axis_name=AXIS, in_axes=(0, 0, 0, None), donate_argnums=(0,))
 
 

@@ -3,7 +3,7 @@
 The suite runs with jax's ``rbg`` PRNG instead of the default ``threefry2x32``. Each ``jax.random`` call of
 a new shape compiles its generator, and threefry's is an unrolled program that takes 0.3-0.5 s to compile
 on the 2-core CI machine (3.2 s for one ``jax.jit(SpinalFC.init)``). Measured: test_spinal_fc.py 105 ->
-58 s, no measurable change elsewhere (docs/perf_notes.md). No test depends on the generator's values, only
+58 s, no measurable change elsewhere. No test depends on the generator's values, only
 on determinism and independence. Subprocesses inherit the setting through the environment;
 ``test_training_mnist`` runs ``train.py`` with the default generator, so the configuration users get is
 exercised end to end.
@@ -11,7 +11,7 @@ exercised end to end.
 The test processes compile with XLA:CPU's elemental emitters (``--xla_cpu_use_fusion_emitters=false`` in
 ``XLA_FLAGS``) instead of its MLIR fusion emitters, which build an MLIR context per fusion: about a third
 less compile time for the thousands of small programs the model tests compile (op-by-op execution, the
-ResNets' block programs). Measured (docs/perf_notes.md, ninth session): the four model-test files 156.1 ->
+ResNets' block programs). Measured on the 2-core CPU machine: the four model-test files 156.1 ->
 141.4 s back to back, the 16 ImageNet ResNet cases in one process 79.8 -> 70.6 s. Same numbers within
 every test's tolerance. The ``train.py`` and multi-device subprocesses set their own ``XLA_FLAGS`` and so
 compile with XLA's defaults.
@@ -24,8 +24,7 @@ they start) shares one temporary folder, created by the first process and remove
   other waits), and no test reads or writes ``~/tensorflow_datasets``.
 - ``xla_cache/``: a persistent XLA compilation cache. Each distinct program, down to the single
   operations of op-by-op execution, compiles once per run instead of once per process: a second process
-  running ResNet-50 op by op spent 6.7 s instead of 19.9 s on its gradient (docs/perf_notes.md, fourth
-  session).
+  running ResNet-50 op by op spent 6.7 s instead of 19.9 s on its gradient.
 """
 
 from __future__ import annotations
