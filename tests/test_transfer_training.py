@@ -58,7 +58,8 @@ def weights(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cifar():
-    """The first 4 train JPEGs of every CIFAR-10 class (40 images, 32x32), normalised with CIFAR-100 statistics, as the reference's transfer recipe."""
+    """The first 4 train JPEGs of every CIFAR-10 class (40 images, 32x32), normalised with CIFAR-100
+    statistics, as the reference's transfer recipe."""
     from PIL import Image
 
     if not CIFAR_TRAIN.exists():
