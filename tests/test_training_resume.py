@@ -110,7 +110,7 @@ def _train_py(workdir: Path, *extra: str) -> list[str]:
 def test_train_py_on_the_real_pipeline_resumes_exactly_after_sigterm(tmp_path):
     """``python train.py`` on real MNIST through spinal_jax.data: SIGTERM once step 10 is saved, rerun,
     and the parameters at step 40 equal those of an uninterrupted run (data position included)."""
-    from spinal_jax.training import final_params
+    from spinal_jax.checkpoints import final_params
 
     full = subprocess.run(_train_py(tmp_path / "full"), cwd=REPO, env=_env(), capture_output=True, text=True,
                           timeout=600)  # fmt: skip
