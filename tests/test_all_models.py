@@ -264,7 +264,10 @@ def test_overrides_a_model_cannot_honour_raise_type_error(name, overrides, messa
 
 
 def test_make_head_builds_either_kind():
-    cfg = HeadConfig(spinal=SpinalHeadConfig(width=4, num_layers=2), default=DefaultHeadConfig(hidden=(6,)))
+    cfg = HeadConfig(
+        spinal=SpinalHeadConfig(width=4, num_layers=2),
+        default=DefaultHeadConfig(hidden=(6,), dropout_at=(False, False)),
+    )
     x = jnp.ones((2, 8))
     for kind, want in (("spinal", {"input_kernel", "hidden_kernel", "bias", "readout"}), ("default", None)):
         head = make_head(kind, cfg, 3, name="head")
