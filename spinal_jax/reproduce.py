@@ -491,8 +491,8 @@ def _diff(d: dict[str, Any]) -> str:
     if d["mean"] is None:
         return "-"
     if d["low"] is None:
-        return f"{100 * d['mean']:+.2f}"
-    return f"{100 * d['mean']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
+        return f"{100 * d['mean']:+.3f}"
+    return f"{100 * d['mean']:+.3f} [{100 * d['low']:+.3f}, {100 * d['high']:+.3f}]"
 
 
 def _paired_cell(d: dict[str, Any]) -> str:

@@ -165,7 +165,7 @@ def test_table_matches_numbers_computed_from_the_summaries(suite_runs: dict, key
     table = (folder / "results.md").read_text()
     spinal_row = next(line for line in table.splitlines() if "| spinal |" in line)
     assert f"{100 * want['spinal_mean']:.2f} ± {100 * want['spinal_std']:.2f}" in spinal_row
-    assert f"{100 * want['diff']:+.2f} [{100 * want['low']:+.2f}, {100 * want['high']:+.2f}]" in spinal_row
+    assert f"{100 * want['diff']:+.3f} [{100 * want['low']:+.3f}, {100 * want['high']:+.3f}]" in spinal_row
     assert "jaxlib" in table and "Commit" in table
 
 
