@@ -174,7 +174,8 @@ def _step_flops(p_state: Any, p_batch: dict[str, jax.Array], label_smoothing: fl
     The compiled GPU executable's analysis leaves out cuDNN convolutions (custom calls) and counts a
     scanned loop's body once, so it is not used.
     """
-    step = functools.partial(steps.train_step, label_smoothing=label_smoothing, axis_name=steps.AXIS)
+    options = steps.StepOptions(label_smoothing=label_smoothing)
+    step = functools.partial(steps.train_step, options=options, axis_name=steps.AXIS)
     traced = jax.jit(jax.vmap(step, axis_name=steps.AXIS)).trace(p_state, p_batch)
     # jax 0.11.2 on a GPU returned no analysis for the GPU lowering (H200, 2026-11-26): fall back to the
     # same step lowered for the CPU, whose HLO cost analysis counts the same convolutions and matmuls.
@@ -193,7 +194,8 @@ def _scan_steps(
     state: steps.TrainState, data: steps.Batch, *, label_smoothing: float
 ) -> tuple[steps.TrainState, dict[str, jax.Array]]:
     """:func:`steps.train_step` over the leading (step) axis of ``data``; the last step's metrics."""
-    step = functools.partial(steps.train_step, label_smoothing=label_smoothing, axis_name=steps.AXIS)
+    options = steps.StepOptions(label_smoothing=label_smoothing)
+    step = functools.partial(steps.train_step, options=options, axis_name=steps.AXIS)
     state, metrics = jax.lax.scan(step, state, data)
     return state, jax.tree.map(lambda m: m[-1], metrics)
 
@@ -201,7 +203,7 @@ def _scan_steps(
 def _step_function(mode: str, label_smoothing: float) -> Any:
     """The pmapped function a ``mode`` times: one train step, or a scanned epoch of them."""
     if mode == "step":
-        return steps.pmap_train_step(label_smoothing)
+        return steps.pmap_train_step(steps.StepOptions(label_smoothing=label_smoothing))
     scan = functools.partial(_scan_steps, label_smoothing=label_smoothing)
     return jax.pmap(scan, axis_name=steps.AXIS, donate_argnums=(0,))
 

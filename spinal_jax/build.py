@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -63,5 +64,42 @@ def build_train_state(
     else:
         learning_rate = optim.create_schedule(config.schedule, base_lr, steps_per_epoch, config.num_epochs)
     tx = finetune.create_optimizer(config, learning_rate)
-    state = steps.create_train_state(jax.random.PRNGKey(config.seed), model, image_shape, tx)
+    key = jax.random.PRNGKey(config.seed)
+    state = steps.create_train_state(key, model, image_shape, tx, ema=config.ema.decay > 0)
     return finetune.adapt_train_state(config, state), base_lr  # linear_probe: backbone BN statistics kept
+
+
+def step_options(config: ml_collections.ConfigDict, pipe: Any, num_classes: int) -> steps.StepOptions:
+    """What the train step does besides the update: ``config.label_smoothing``, the device augmentation
+    (``data.augment_on='device'``), mixup/cutmix (``data.mixup_alpha`` / ``data.cutmix_alpha``), gradient
+    accumulation (``optim.accum_steps``, which must divide the per-device batch) and the EMA (``ema``)."""
+    accum = config.optim.accum_steps
+    if pipe.per_device_batch_size % accum:
+        raise UserError(
+            f"config.optim.accum_steps={accum} must divide the per-device batch "
+            f"({pipe.per_device_batch_size}): change --config.optim.accum_steps or --config.data.batch_size."
+        )
+    data = config.data
+    mix = None
+    if data.mixup_alpha > 0 or data.cutmix_alpha > 0:
+        from spinal_jax import mixup
+
+        mix = functools.partial(
+            _mixed, num_classes=num_classes, mixup_alpha=data.mixup_alpha, cutmix_alpha=data.cutmix_alpha,
+            switch_prob=data.mix_switch_prob, prob=data.mix_prob, label_smoothing=config.label_smoothing,
+            mode=data.mix_mode, mix=mixup.mix,
+        )  # fmt: skip
+    return steps.StepOptions(
+        label_smoothing=config.label_smoothing,
+        augment=pipe.device_augment if data.augment_on == "device" else None,
+        mix=mix,
+        accum_steps=accum,
+        ema_decay=config.ema.decay,
+        ema_warmup=config.ema.warmup,
+    )
+
+
+def _mixed(rng: jax.Array, images: jax.Array, labels: jax.Array, *, mix: Any, **options: Any) -> Any:
+    """``(images, soft targets)`` of :func:`spinal_jax.mixup.mix`."""
+    out = mix(rng, images, labels, **options)
+    return out.images, out.targets

@@ -32,6 +32,7 @@ RESUMABLE_FIELDS = (
     "max_train_steps",
     "checkpoint_every_epochs",
     "tensorboard",
+    "profile_steps",
 )
 
 
@@ -69,34 +70,55 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.dtype = "float32"  # compute dtype; parameters stay float32
     c.label_smoothing = 0.0
+    c.optim = _optim_fields()
+    c.schedule = _schedule_fields()
+    c.plateau = _plateau_fields()
+    c.ema = ml_collections.ConfigDict()
+    c.ema.decay = 0.0  # > 0: keep an exponential moving average of the weights, evaluated every epoch
+    c.ema.warmup = False  # decay min(decay, (1 + n) / (10 + n)) after n updates
+    _add_run_fields(c)
+    return c
 
-    c.optim = ml_collections.ConfigDict()
-    c.optim.name = "sgd"  # 'sgd' | 'adam' | 'adamw'
-    c.optim.learning_rate = 0.01
-    c.optim.lr_batch_reference = 0  # > 0: lr = learning_rate * global_batch / lr_batch_reference
-    c.optim.momentum = 0.0  # sgd only
-    c.optim.nesterov = False  # sgd only
-    c.optim.b1 = 0.9  # adam/adamw
-    c.optim.b2 = 0.999
-    c.optim.eps = 1e-8
-    c.optim.weight_decay = 0.0  # never applied to BatchNorm parameters or biases
 
-    c.schedule = ml_collections.ConfigDict()
-    c.schedule.name = "constant"  # 'constant' | 'step' | 'warmup_cosine'
-    c.schedule.step_epochs = 7  # step: multiply by gamma every step_epochs epochs (as StepLR)
-    c.schedule.gamma = 0.1
-    c.schedule.warmup_epochs = 5.0  # warmup_cosine: linear warm-up from 0, then cosine to 0
-    c.schedule.final_lr_fraction = 0.0
+def _optim_fields() -> ml_collections.ConfigDict:
+    o = ml_collections.ConfigDict()
+    o.name = "sgd"  # 'sgd' | 'adam' | 'adamw'
+    o.learning_rate = 0.01
+    o.lr_batch_reference = 0  # > 0: lr = learning_rate * global_batch / lr_batch_reference
+    o.momentum = 0.0  # sgd only
+    o.nesterov = False  # sgd only
+    o.b1 = 0.9  # adam/adamw
+    o.b2 = 0.999
+    o.eps = 1e-8
+    o.weight_decay = 0.0  # never applied to BatchNorm parameters or biases
+    o.accum_steps = 1  # > 1: each batch is split into this many micro-batches, one update per batch
+    return o
 
-    # The reference's "random restart on plateau": after an epoch whose monitored accuracy did not
-    # beat the best so far, lr <- learning_rate * U**power, U ~ U(0, 1) (or lr / factor, CIFAR-100 CNN).
-    c.plateau = ml_collections.ConfigDict()
-    c.plateau.enabled = False
-    c.plateau.mode = "random"  # 'random': lr <- learning_rate * U**power; 'divide': lr <- lr / factor
-    c.plateau.power = 3.0
-    c.plateau.factor = 3.0
-    c.plateau.monitor = "validation"  # 'validation' | 'test' (test = the reference's protocol)
 
+def _schedule_fields() -> ml_collections.ConfigDict:
+    s = ml_collections.ConfigDict()
+    s.name = "constant"  # 'constant' | 'step' | 'warmup_cosine'
+    s.step_epochs = 7  # step: multiply by gamma every step_epochs epochs (as StepLR)
+    s.gamma = 0.1
+    s.warmup_epochs = 5.0  # warmup_cosine: linear warm-up from 0, then cosine to 0
+    s.final_lr_fraction = 0.0
+    return s
+
+
+def _plateau_fields() -> ml_collections.ConfigDict:
+    """The reference's "random restart on plateau": after an epoch whose monitored accuracy did not
+    beat the best so far, lr <- learning_rate * U**power, U ~ U(0, 1) (or lr / factor, CIFAR-100 CNN)."""
+    p = ml_collections.ConfigDict()
+    p.enabled = False
+    p.mode = "random"  # 'random': lr <- learning_rate * U**power; 'divide': lr <- lr / factor
+    p.power = 3.0
+    p.factor = 3.0
+    p.monitor = "validation"  # 'validation' | 'test' (test = the reference's protocol)
+    return p
+
+
+def _add_run_fields(c: ml_collections.ConfigDict) -> None:
+    """Logging, evaluation, checkpoints, warm start, fine-tuning and profiling fields."""
     c.log_every_steps = 50
     c.eval_test = True  # evaluate the test split every epoch too
     c.checkpoint_every_steps = 0  # > 0: also save every N steps (besides every epoch end)
@@ -114,8 +136,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.finetune = ml_collections.ConfigDict()
     c.finetune.mode = "full"  # full | linear_probe (backbone and its BN statistics frozen) | separate_lr
     c.finetune.backbone_lr_multiplier = 0.1  # separate_lr: backbone lr = this x the head's (scheduled) lr
+    c.profile_steps = ""  # 'START:STOP': a jax.profiler trace of those steps into <workdir>/profile
     c.overwrite = False  # allow a workdir holding a run of a different config to be wiped
-    return c
 
 
 def _check_choice(value: Any, field: str, choices: tuple[str, ...]) -> None:
@@ -163,11 +185,38 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_choice(config.finetune.mode, "finetune.mode", FINETUNE_MODES)
     _check_positive(config.finetune.backbone_lr_multiplier, "finetune.backbone_lr_multiplier")
     _check_transfer(config)
+    _check_step_features(config)
     if config.plateau.enabled and config.schedule.name != "constant":
         raise UserError(
             "config.plateau.enabled sets the learning rate itself: use it with schedule.name='constant', "
             f"not {config.schedule.name!r}."
         )
+
+
+def _check_step_features(config: ml_collections.ConfigDict) -> None:
+    """EMA, gradient accumulation and the profiler window."""
+    if not 0.0 <= config.ema.decay < 1.0:
+        raise UserError(f"config.ema.decay must be in [0, 1) (0: no EMA), got {config.ema.decay!r}.")
+    if config.optim.accum_steps < 1:
+        raise UserError(
+            f"config.optim.accum_steps must be >= 1 (1: no accumulation), got {config.optim.accum_steps}."
+        )
+    profile_window(config.profile_steps)
+
+
+def profile_window(text: str) -> tuple[int, int] | None:
+    """``'START:STOP'`` -> (START, STOP), the steps a profiler trace covers; '' -> None."""
+    if not text:
+        return None
+    try:
+        start, stop = (int(part) for part in text.split(":"))
+    except ValueError:
+        start = stop = -1
+    if not 0 <= start < stop:
+        raise UserError(
+            f"config.profile_steps = {text!r}: use 'START:STOP' with 0 <= START < STOP, e.g. '10:20'."
+        )
+    return start, stop
 
 
 def _check_model_name(name: str) -> None:

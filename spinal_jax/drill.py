@@ -30,8 +30,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from spinal_jax.errors import UserError, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,14 +82,9 @@ def mislabelled_checkpoints(workdir: Path) -> list[str]:
 
 def final_state(workdir: Path) -> dict[str, bytes]:
     """Every array of the latest checkpoint's train state, as bytes by path."""
-    import jax
-    import orbax.checkpoint as ocp
+    from spinal_jax.checkpoints import final_state as arrays
 
-    with ocp.CheckpointManager(workdir / "checkpoints") as manager:
-        step = manager.latest_step()
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    leaves = jax.tree_util.tree_flatten_with_path(restored.state)[0]
-    return {jax.tree_util.keystr(path): np.asarray(leaf).tobytes() for path, leaf in leaves}
+    return {path: array.tobytes() for path, array in arrays(workdir).items()}
 
 
 def accuracies(workdir: Path) -> list[dict[str, Any]]:

@@ -109,22 +109,34 @@ def summarize(history: list[dict[str, Any]]) -> dict[str, Any]:
 
     * ``test_at_best_validation``: test accuracy of the (first) epoch with the best validation accuracy;
     * ``max_test_over_epochs``: the paper's protocol, the best test accuracy of any epoch.
-    Accuracies are fractions in [0, 1]; a protocol whose split was not evaluated is None.
+    Accuracies are fractions in [0, 1]; a protocol whose split was not evaluated is None. Runs with an
+    EMA of the weights get the same fields for it, prefixed ``ema_``.
     """
     summary: dict[str, Any] = {"epochs": len(history)}
-    with_val = [h for h in history if h.get("validation_accuracy") is not None]
-    with_test = [h for h in history if h.get("test_accuracy") is not None]
+    summary.update(_protocols(history, ""))
+    if any("ema_validation_accuracy" in h or "ema_test_accuracy" in h for h in history):
+        summary.update(_protocols(history, "ema_"))
+    return summary
+
+
+def _protocols(history: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    val, test = f"{prefix}validation_accuracy", f"{prefix}test_accuracy"
+    with_val = [h for h in history if h.get(val) is not None]
+    with_test = [h for h in history if h.get(test) is not None]
     if with_val:
-        best = max(with_val, key=lambda h: h["validation_accuracy"])  # max keeps the first of ties
-        summary.update(
-            best_epoch=best["epoch"],
-            best_validation_accuracy=best["validation_accuracy"],
-            test_at_best_validation=best.get("test_accuracy"),
+        best = max(with_val, key=lambda h: h[val])  # max keeps the first of ties
+        out.update(
+            {
+                f"{prefix}best_epoch": best["epoch"],
+                f"{prefix}best_validation_accuracy": best[val],
+                f"{prefix}test_at_best_validation": best.get(test),
+            }
         )
     if with_test:
-        top = max(with_test, key=lambda h: h["test_accuracy"])
-        summary.update(max_test_over_epochs=top["test_accuracy"], max_test_epoch=top["epoch"])
-    return summary
+        top = max(with_test, key=lambda h: h[test])
+        out.update({f"{prefix}max_test_over_epochs": top[test], f"{prefix}max_test_epoch": top["epoch"]})
+    return out
 
 
 def plot_learning_curves(history: list[dict[str, Any]], path: str | Path, title: str = "") -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -49,8 +49,7 @@ class ResidentData:
       pipe: an :class:`spinal_jax.data.InputPipeline` (``device_split``, ``steps_per_epoch``, batch
         sizes, ``mean``/``std``, ``device_augment``, process layout).
       splits: the splits to evaluate (non-empty ones), e.g. ``('validation', 'test')``.
-      label_smoothing: as in :func:`spinal_jax.steps.train_step`.
-      augment: the device augmentation (``pipe.device_augment``), or None.
+      options: the train step's :class:`spinal_jax.steps.StepOptions` (augmentation runs on the device).
 
     It also stands in for the train iterator in checkpoints (``get_state`` / ``set_state``).
     """
@@ -59,8 +58,7 @@ class ResidentData:
         self,
         pipe: Any,
         splits: Sequence[str],
-        label_smoothing: float = 0.0,
-        augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+        options: steps.StepOptions = steps.PLAIN_STEP,
     ):
         local, processes, index = pipe.local_device_count, pipe.process_count, pipe.process_index
         if local != jax.local_device_count() or processes != jax.process_count():
@@ -92,8 +90,7 @@ class ResidentData:
             steps_per_epoch=self.steps_per_epoch,
             batch_size=pipe.per_device_batch_size,
             stride=pipe.global_batch_size // processes,
-            label_smoothing=float(label_smoothing),
-            augment=augment,
+            options=options,
             **norm,
         )
         self._eval = (

@@ -53,11 +53,11 @@ class HostData:
 
     steps_per_call = 1
 
-    def __init__(self, pipe: Any, splits: Sequence[str], label_smoothing: float, augment: Any):
+    def __init__(self, pipe: Any, splits: Sequence[str], options: steps.StepOptions):
         self.pipe = pipe
         self.splits = tuple(splits)
         self._iterator = pipe.train_iterator()
-        self._train = steps.pmap_train_step(label_smoothing, augment)
+        self._train = steps.pmap_train_step(options)
         self._eval = steps.pmap_eval_step()
 
     def compile(self, p_state: Any) -> float | None:
@@ -84,12 +84,13 @@ def eval_splits(config: ml_collections.ConfigDict, pipe: Any) -> list[str]:
     return splits if config.eval_test else [s for s in splits if s != "test"]
 
 
-def create_source(config: ml_collections.ConfigDict, pipe: Any, total_steps: int) -> Any:
-    """The :class:`HostData` or device-resident source ``config.data`` asks for."""
+def create_source(
+    config: ml_collections.ConfigDict, pipe: Any, total_steps: int, options: steps.StepOptions
+) -> Any:
+    """The :class:`HostData` or device-resident source ``config.data`` asks for, training with ``options``."""
     splits = eval_splits(config, pipe)
-    augment = pipe.device_augment if config.data.augment_on == "device" else None
     if not config.data.device_resident:
-        return HostData(pipe, splits, config.label_smoothing, augment)
+        return HostData(pipe, splits, options)
     if total_steps % pipe.steps_per_epoch:
         raise UserError(
             f"config.max_train_steps={config.max_train_steps}: device-resident runs train whole epochs; use "
@@ -97,4 +98,4 @@ def create_source(config: ml_collections.ConfigDict, pipe: Any, total_steps: int
         )
     from spinal_jax.resident import ResidentData
 
-    return ResidentData(pipe, splits, config.label_smoothing, augment)
+    return ResidentData(pipe, splits, options)

@@ -4,10 +4,15 @@ Under ``jax.pmap(..., axis_name='batch')`` each device gets ``(per_device_batch,
 gradients and metrics are averaged with ``lax.pmean`` and BatchNorm statistics are synchronised by the
 model's own ``bn_axis_name='batch'``. Called without an axis name (``axis_name=None``) the same steps
 run on one device over the whole batch, which is what the multi-device tests compare against.
+
+What a step does besides the plain update is a :class:`StepOptions`: label smoothing, device
+augmentation, mixup/cutmix, gradient accumulation over micro-batches, and an exponential moving
+average (EMA) of the weights.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -16,40 +21,79 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import linen as nn
+from flax import struct
 from flax.training import train_state
 
 AXIS = "batch"
 Batch = dict[str, jax.Array]
 Augment = Callable[[jax.Array, jax.Array], jax.Array]
+Mix = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
 
 class TrainState(train_state.TrainState):
-    """Flax's TrainState plus BatchNorm statistics and the base dropout/augmentation key.
+    """Flax's TrainState plus BatchNorm statistics, the base dropout/augmentation key and the EMA.
 
     ``rng`` is a raw ``uint32[2]`` key; step ``s`` uses ``fold_in(rng, s)`` (then the device index), so
-    a resumed run draws the same randomness as an uninterrupted one.
+    a resumed run draws the same randomness as an uninterrupted one. ``ema`` is ``{'params',
+    'batch_stats'}``, the moving average of both, or ``{}`` when the run keeps none.
     """
 
     batch_stats: Any
     rng: jax.Array
+    ema: Any = struct.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+    """How a train step treats its batch; hashable, so it can key compiled steps.
+
+    Attributes:
+      label_smoothing: of the one-hot targets (with ``mix``, the mix function applies it).
+      augment: ``(rng, images (b, H, W, C)) -> images`` on the device, or None.
+      mix: ``(rng, images, labels (b,)) -> (images, targets (b, classes))`` (mixup/cutmix), or None.
+      accum_steps: micro-batches per update: the batch is split into ``accum_steps`` equal parts whose
+        gradients are averaged before one optimiser update; BatchNorm statistics are updated once per
+        micro-batch, in order.
+      ema_decay: > 0 keeps ``state.ema``: ``ema <- decay * ema + (1 - decay) * weights`` after each update.
+      ema_warmup: use ``min(ema_decay, (1 + n) / (10 + n))`` after ``n`` updates (early averages forget
+        the random initialisation faster).
+    """
+
+    label_smoothing: float = 0.0
+    augment: Augment | None = None
+    mix: Mix | None = None
+    accum_steps: int = 1
+    ema_decay: float = 0.0
+    ema_warmup: bool = False
+
+
+PLAIN_STEP = StepOptions()  # the plain update: no smoothing, augmentation, mixing, accumulation or EMA
 
 
 def create_train_state(
-    rng: jax.Array, model: nn.Module, image_shape: tuple[int, int, int], tx: optax.GradientTransformation
+    rng: jax.Array,
+    model: nn.Module,
+    image_shape: tuple[int, int, int],
+    tx: optax.GradientTransformation,
+    ema: bool = False,
 ) -> TrainState:
-    """Initialise ``model`` on a ``(1, *image_shape)`` float32 input and wrap it with ``tx``."""
+    """Initialise ``model`` on a ``(1, *image_shape)`` float32 input and wrap it with ``tx``; ``ema``
+    starts the moving average at the initial weights."""
     params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
     dummy = jnp.zeros((1, *image_shape), jnp.float32)
     variables = jax.jit(functools.partial(model.init, train=False))(
         {"params": params_rng, "dropout": dropout_rng}, dummy
     )
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    average = {"params": params, "batch_stats": batch_stats} if ema else {}
     return TrainState.create(
-        apply_fn=model.apply,
-        params=variables["params"],
-        tx=tx,
-        batch_stats=variables.get("batch_stats", {}),
-        rng=state_rng,
+        apply_fn=model.apply, params=params, tx=tx, batch_stats=batch_stats, rng=state_rng, ema=average
     )
+
+
+def ema_view(state: TrainState) -> TrainState:
+    """``state`` with its EMA weights and statistics in place of the trained ones (for evaluation)."""
+    return state.replace(params=state.ema["params"], batch_stats=state.ema["batch_stats"])
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
@@ -67,45 +111,101 @@ def _step_rng(state: TrainState, axis_name: str | None) -> jax.Array:
     return rng
 
 
-def train_step(
-    state: TrainState,
-    batch: Batch,
-    *,
-    label_smoothing: float = 0.0,
-    augment: Augment | None = None,
-    axis_name: str | None = AXIS,
-) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One SGD step on ``batch = {'image': (b, H, W, C) f32, 'label': (b,) int}``.
-
-    Returns the new state and metrics averaged over all devices: ``loss`` (mean cross-entropy before
-    the update), ``accuracy`` (top-1 fraction), ``grad_norm`` (global L2 norm of the mean gradient)
-    and ``learning_rate`` (the one this update used).
-    """
-    aug_rng, dropout_rng = jax.random.split(_step_rng(state, axis_name))
-    images = batch["image"]
-    if augment is not None:
-        images = augment(aug_rng, images)
-    labels = batch["label"]
+def _loss_and_grads(
+    state: TrainState, batch_stats: Any, images: jax.Array, labels: jax.Array, targets: jax.Array | None,
+    dropout_rng: jax.Array, label_smoothing: float,
+) -> tuple[tuple[jax.Array, jax.Array, Any], Any]:  # fmt: skip
+    """((mean loss, logits (b, C) f32, new batch_stats), gradient) of one (micro-)batch."""
 
     def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
         logits, updates = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats},
+            {"params": params, "batch_stats": batch_stats},
             images,
             train=True,
             rngs={"dropout": dropout_rng},
             mutable=["batch_stats"],
         )
         logits = logits.astype(jnp.float32)
-        return cross_entropy(logits, labels, label_smoothing).mean(), (logits, updates)
+        if targets is None:
+            loss = cross_entropy(logits, labels, label_smoothing)
+        else:
+            loss = optax.softmax_cross_entropy(logits, targets)
+        return loss.mean(), (logits, updates.get("batch_stats", {}))
 
-    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return (loss, logits, new_stats), grads
+
+
+def _accumulated(
+    state: TrainState, images: jax.Array, labels: jax.Array, targets: jax.Array | None,
+    dropout_rng: jax.Array, options: StepOptions,
+) -> tuple[tuple[jax.Array, jax.Array, Any], Any]:  # fmt: skip
+    """:func:`_loss_and_grads` over ``options.accum_steps`` micro-batches (a ``lax.scan``): mean loss,
+    all logits, the statistics after the last micro-batch, and the mean gradient."""
+    k = options.accum_steps
+    split = lambda x: x.reshape(k, x.shape[0] // k, *x.shape[1:])  # noqa: E731
+    micro = {"image": split(images), "label": split(labels), "index": jnp.arange(k)}
+    if targets is not None:
+        micro["target"] = split(targets)
+
+    def body(carry: tuple[Any, Any], mb: dict[str, jax.Array]) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+        stats, grad_sum = carry
+        rng = jax.random.fold_in(dropout_rng, mb["index"])
+        (loss, logits, stats), grads = _loss_and_grads(
+            state, stats, mb["image"], mb["label"], mb.get("target"), rng, options.label_smoothing
+        )
+        return (stats, jax.tree.map(jnp.add, grad_sum, grads)), (loss, logits)
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (stats, grad_sum), (losses, logits) = jax.lax.scan(body, (state.batch_stats, zeros), micro)
+    grads = jax.tree.map(lambda g: g / k, grad_sum)
+    return (losses.mean(), logits.reshape(-1, logits.shape[-1]), stats), grads
+
+
+def _update_ema(old: TrainState, new: TrainState, options: StepOptions) -> TrainState:
+    if options.ema_decay <= 0:
+        return new
+    decay = jnp.asarray(options.ema_decay, jnp.float32)
+    if options.ema_warmup:
+        n = new.step.astype(jnp.float32)
+        decay = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+    current = {"params": new.params, "batch_stats": new.batch_stats}
+    return new.replace(ema=optax.incremental_update(current, old.ema, step_size=1.0 - decay))
+
+
+def train_step(
+    state: TrainState,
+    batch: Batch,
+    options: StepOptions = PLAIN_STEP,
+    *,
+    axis_name: str | None = AXIS,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One update on ``batch = {'image': (b, H, W, C) f32, 'label': (b,) int}`` (see :class:`StepOptions`).
+
+    Returns the new state and metrics averaged over all devices: ``loss`` (mean training loss before the
+    update), ``accuracy`` (top-1 fraction against the unmixed labels), ``grad_norm`` (global L2 norm of
+    the mean gradient) and ``learning_rate`` (the one this update used).
+    """
+    rng = _step_rng(state, axis_name)
+    aug_rng, dropout_rng = jax.random.split(rng)
+    images, labels, targets = batch["image"], batch["label"], None
+    if options.augment is not None:
+        images = options.augment(aug_rng, images)
+    if options.mix is not None:
+        images, targets = options.mix(jax.random.fold_in(rng, 1), images, labels)
+    if options.accum_steps > 1:
+        (loss, logits, stats), grads = _accumulated(state, images, labels, targets, dropout_rng, options)
+    else:
+        (loss, logits, stats), grads = _loss_and_grads(
+            state, state.batch_stats, images, labels, targets, dropout_rng, options.label_smoothing
+        )
     accuracy = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
     metrics = {"loss": loss, "accuracy": accuracy}
     if axis_name is not None:
         grads = jax.lax.pmean(grads, axis_name)
         metrics = jax.lax.pmean(metrics, axis_name)
     metrics["grad_norm"] = optax.tree.norm(grads)
-    new_state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
+    new_state = _update_ema(state, state.apply_gradients(grads=grads, batch_stats=stats), options)
     # inject_hyperparams stores the rate it just applied (a schedule's value at the old count).
     metrics["learning_rate"] = jnp.asarray(new_state.opt_state.hyperparams["learning_rate"], jnp.float32)
     return new_state, metrics
@@ -141,9 +241,9 @@ def eval_step(state: TrainState, batch: Batch, *, axis_name: str | None = AXIS) 
     return sums
 
 
-def pmap_train_step(label_smoothing: float = 0.0, augment: Augment | None = None) -> Callable[..., Any]:
+def pmap_train_step(options: StepOptions = PLAIN_STEP) -> Callable[..., Any]:
     """``train_step`` pmapped over the local devices; the replicated state is donated."""
-    step = functools.partial(train_step, label_smoothing=label_smoothing, augment=augment, axis_name=AXIS)
+    step = functools.partial(train_step, options=options, axis_name=AXIS)
     return jax.pmap(step, axis_name=AXIS, donate_argnums=(0,))
 
 
@@ -200,8 +300,7 @@ def train_epoch(
     stride: int,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
-    label_smoothing: float = 0.0,
-    augment: Augment | None = None,
+    options: StepOptions = PLAIN_STEP,
     axis_name: str | None = AXIS,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One epoch of :func:`train_step` as a ``lax.scan`` over the resident ``data = {'image': (N, H, W, C),
@@ -218,7 +317,7 @@ def train_epoch(
 
     def body(state: TrainState, k: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
         batch = epoch_batch(data, perm, offset + k * stride, batch_size, mean, std)
-        return train_step(state, batch, label_smoothing=label_smoothing, augment=augment, axis_name=axis_name)
+        return train_step(state, batch, options, axis_name=axis_name)
 
     return jax.lax.scan(body, state, jnp.arange(steps_per_epoch, dtype=jnp.int32))
 
@@ -260,7 +359,7 @@ def eval_resident(
 @functools.lru_cache(maxsize=16)
 def pmap_train_epoch(**options: Any) -> Callable[..., Any]:
     """:func:`train_epoch` with its keyword ``options`` (``seed``, ``steps_per_epoch``, ``batch_size``,
-    ``stride``, ``mean``, ``std``, ``label_smoothing``, ``augment``) pmapped over the local devices:
+    ``stride``, ``mean``, ``std``, ``options``) pmapped over the local devices:
     ``fn(p_state, data, offsets, epoch)`` with ``data`` and ``offsets`` per device (leading axis) and
     ``epoch`` an int32 scalar; the state is donated. Cached, so runs of the same shape in one process
     share the compiled epoch."""

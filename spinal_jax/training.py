@@ -89,6 +89,7 @@ class Run:
     is_chief: bool
     compile_seconds: float | None = None
     bar: Any = None
+    profiling_since: int | None = None  # the step a running profiler trace started at
 
 
 @dataclasses.dataclass
@@ -153,6 +154,8 @@ def train_and_evaluate(
         try:
             status = train_loop(run, loop, progress, p_state)
         finally:
+            if run.profiling_since is not None:
+                jax.profiler.stop_trace()
             run.bar.close()
             run.ckpt.close()
             run.writer.close()
@@ -169,7 +172,8 @@ def setup(
         total_steps = min(total_steps, config.max_train_steps)
     state, base_lr = build.build_train_state(config, model, pipe.image_shape, spe, pipe.global_batch_size)
     ckpt = checkpoints.Checkpoints(workdir, keep=config.keep_checkpoints, use_async=config.async_checkpoints)
-    source = sources.create_source(config, pipe, total_steps)
+    options = build.step_options(config, pipe, num_classes)
+    source = sources.create_source(config, pipe, total_steps, options)
     plateau = optim.PlateauRule(
         base_lr, config.plateau.power, config.seed, mode=config.plateau.mode, factor=config.plateau.factor
     )
@@ -234,8 +238,10 @@ def train_loop(run: Run, loop: LoopState, progress: Progress, p_state: Any) -> s
     """Train until ``run.total_steps`` or a stop signal; returns 'finished' or 'interrupted'."""
     chunk = run.source.steps_per_call
     stop_every = chunk if chunk > 1 else run.config.log_every_steps
+    profile = config_lib.profile_window(run.config.profile_steps)
     with _StopSignal() as stop:
         while loop.step < run.total_steps:
+            profile_switch(run, profile, loop.step, p_state)
             p_state, step_metrics = run.source.train(p_state, loop.step)
             progress.pending.append(step_metrics)
             loop.step += chunk
@@ -256,11 +262,28 @@ def train_loop(run: Run, loop: LoopState, progress: Progress, p_state: Any) -> s
                     run.ckpt.latest_dir,
                 )
                 return "interrupted"
+    profile_switch(run, profile, loop.step, p_state)
     if loop.step != progress.last_saved:
         save(run, loop, progress, p_state)  # a run cut short by max_train_steps
     if run.is_chief and progress.plotted[1] != len(loop.history):
         plot(run, loop, progress)  # the epochs since the last plot
     return "finished"
+
+
+def profile_switch(run: Run, window: tuple[int, int] | None, step: int, p_state: Any) -> None:
+    """Start a ``jax.profiler`` trace into ``<workdir>/profile`` when ``step`` enters the window
+    ``[start, stop)`` and stop it (once the devices are done) when it leaves; process 0 only."""
+    if window is None or not run.is_chief:
+        return
+    start, stop = window
+    if start <= step < stop and run.profiling_since is None:
+        jax.profiler.start_trace(str(run.workdir / "profile"))
+        run.profiling_since = step
+        log.info("Profiling from step %d to %d into %s", step, stop, run.workdir / "profile")
+    elif step >= stop and run.profiling_since is not None:
+        jax.block_until_ready(p_state)
+        jax.profiler.stop_trace()
+        run.profiling_since = None
 
 
 def flush_metrics(run: Run, loop: LoopState, progress: Progress) -> None:
@@ -345,17 +368,22 @@ def epoch_record(run: Run, loop: LoopState, progress: Progress, p_state: Any) ->
     if sums[2]:
         record.update(train_loss=sums[0] / sums[2], train_accuracy=sums[1] / sums[2])
     record["learning_rate"] = float(np.asarray(optim.current_learning_rate(p_state.opt_state))[0])
-    results = run.source.evaluate(p_state)
-    for split in run.splits:
-        record[f"{split}_accuracy"] = results[split]["accuracy"]
-        record[f"{split}_loss"] = results[split]["loss"]
-        if run.num_classes >= 100:
-            record[f"{split}_top5"] = results[split]["top5"]
+    _add_results(record, "", run.source.evaluate(p_state), run)
+    if run.config.ema.decay > 0:  # the moving average, evaluated beside the trained weights
+        _add_results(record, "ema_", run.source.evaluate(steps.ema_view(p_state)), run)
     total = progress.train_seconds()
     record.update(epoch_seconds=total - loop.epoch_start_seconds, train_seconds_total=total)
     if run.compile_seconds is not None:
         record["compile_seconds"] = run.compile_seconds
     return record
+
+
+def _add_results(record: dict[str, Any], prefix: str, results: dict[str, Any], run: Run) -> None:
+    for split in run.splits:
+        record[f"{prefix}{split}_accuracy"] = results[split]["accuracy"]
+        record[f"{prefix}{split}_loss"] = results[split]["loss"]
+        if run.num_classes >= 100:
+            record[f"{prefix}{split}_top5"] = results[split]["top5"]
 
 
 def apply_plateau_rule(run: Run, record: dict[str, Any], p_state: Any) -> Any:

@@ -146,9 +146,7 @@ def test_metrics_rows_once_and_train_time_carried_over_resumes(tmp_path):
     resumed to the end of the epoch: each (step, kind) row appears once, and the epoch's
     ``train_seconds_total`` includes the time trained before the stop."""
     config = config_lib.base_config()
-    config.data = ml_collections.ConfigDict(
-        {"batch_size": 32, "augment_on": "host", "device_resident": False}
-    )
+    config.data = config_lib.data_config("mnist", batch_size=32)
     config.optim.name, config.optim.learning_rate, config.log_every_steps = "adam", 3e-3, 1
     pipe = lambda: ArrayPipeline(320, 100, 150, 32)  # noqa: E731
     model = TinyBNNet(bn_axis_name="batch")

@@ -61,7 +61,7 @@ def _fresh_state(config):
 def scanned(pipe):
     """Two scanned epochs (device augmentation on) from a fresh state."""
     state = _fresh_state(small_config(2))
-    data = resident.ResidentData(pipe, ("validation", "test"), 0.0, pipe.device_augment)
+    data = resident.ResidentData(pipe, ("validation", "test"), steps.StepOptions(augment=pipe.device_augment))
     p_state = steps.on_devices(jax_utils.replicate(state))
     data.compile(p_state)
     metrics = []
@@ -80,7 +80,7 @@ def test_scanned_epoch_equals_train_step_per_batch(pipe, scanned):
     data = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
     norm = dict(mean=tuple(map(float, pipe.mean)), std=tuple(map(float, pipe.std)))
     gather = jax.jit(functools.partial(steps.epoch_batch, batch_size=BATCH, **norm))
-    p_train = steps.pmap_train_step(0.0, pipe.device_augment)
+    p_train = steps.pmap_train_step(steps.StepOptions(augment=pipe.device_augment))
     ref = steps.on_devices(jax_utils.replicate(scanned["initial"]))
     perms = []
     for epoch in range(2):

@@ -22,9 +22,7 @@ from tests.training_helpers.tiny_model import TinyBNNet
 
 def _config(**changes) -> ml_collections.ConfigDict:
     config = config_lib.base_config()
-    config.data = ml_collections.ConfigDict(
-        {"batch_size": 32, "augment_on": "host", "device_resident": False}
-    )
+    config.data = config_lib.data_config("mnist", batch_size=32)
     config.num_epochs = 1
     config.optim.name = "adam"
     config.optim.learning_rate = 3e-3

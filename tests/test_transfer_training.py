@@ -153,7 +153,7 @@ def make_config(
     c = config_lib.base_config()
     c.model.name, c.model.head = model, "spinal"
     c.model.kwargs = ml_collections.ConfigDict(HEAD_KWARGS)
-    c.data = ml_collections.ConfigDict({"batch_size": BATCH, "augment_on": "host", "device_resident": False})
+    c.data = config_lib.data_config("mnist", batch_size=BATCH)
     c.num_epochs, c.max_train_steps, c.log_every_steps = 1, max_steps, 1
     c.optim.name, c.optim.learning_rate = optim, lr
     c.optim.momentum = 0.9 if optim == "sgd" else 0.0

@@ -33,6 +33,12 @@ def default_data_config() -> ml_collections.ConfigDict:
     # (spinal_jax.resident); needs augment_on='device'. Slow on CPUs: keep False there.
     c.device_resident = False
     c.seed = 0
+    # Mixup / CutMix inside the train step, on the device (spinal_jax.mixup; timm's Mixup): 0 disables each.
+    c.mixup_alpha = 0.0
+    c.cutmix_alpha = 0.0
+    c.mix_switch_prob = 0.5  # both > 0: probability of CutMix for an example (else Mixup)
+    c.mix_prob = 1.0  # probability that an example (or the batch) is mixed at all
+    c.mix_mode = "elem"  # 'elem': lambda, kind and box per example; 'batch': one for the whole batch
     c.image_size = 0  # 0 -> native size (ImageNet: 224); else train crops / eval resizes to this square size
     c.mean = ()  # per-channel mean of [0, 1] images; () -> the data set's reference value
     c.std = ()
@@ -47,7 +53,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     return c
 
 
-_CHOICES = {"augment": ("reference", "none"), "augment_on": ("host", "device")}
+_CHOICES = {"augment": ("reference", "none"), "augment_on": ("host", "device"), "mix_mode": ("elem", "batch")}
 
 
 def shared_dir() -> Path:
@@ -104,6 +110,12 @@ def _check_numbers(c: ml_collections.ConfigDict) -> None:
     for key in ("image_size", "per_class_cap", "num_workers", "validation_per_class", "test_per_class"):
         if c[key] < 0:
             raise DataConfigError(f"data.{key}: must be >= 0, got {c[key]}.")
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        if c[key] < 0:
+            raise DataConfigError(f"data.{key}: must be >= 0 (0 disables it), got {c[key]}.")
+    for key in ("mix_switch_prob", "mix_prob"):
+        if not 0.0 <= c[key] <= 1.0:
+            raise DataConfigError(f"data.{key}: must be in [0, 1], got {c[key]}.")
     if len(c.mean) != len(c.std):
         raise DataConfigError(
             f"data.mean / data.std: give both or neither, with one value per channel "

@@ -35,8 +35,9 @@ ref_state = steps.create_train_state(rng, TinyBNNet(bn_axis_name=None), (28, 28,
 par_state = steps.create_train_state(rng, TinyBNNet(bn_axis_name=steps.AXIS), (28, 28, 1), tx)
 chex.assert_trees_all_equal(ref_state.params, par_state.params)
 
-ref_step = jax.jit(lambda s, b: steps.train_step(s, b, label_smoothing=0.1, axis_name=None))
-par_step = steps.pmap_train_step(label_smoothing=0.1)
+SMOOTH = steps.StepOptions(label_smoothing=0.1)
+ref_step = jax.jit(lambda s, b: steps.train_step(s, b, SMOOTH, axis_name=None))
+par_step = steps.pmap_train_step(SMOOTH)
 p_state = jax_utils.replicate(par_state)
 for i in range(STEPS):
     sl = slice(i * N * PER_DEVICE, (i + 1) * N * PER_DEVICE)

@@ -19,7 +19,6 @@ if "devices" in _ARGS:  # must precede the jax import
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={_ARGS['devices']}"
 
 import jax  # noqa: E402
-import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from spinal_jax import checkpoints, training  # noqa: E402
@@ -38,9 +37,7 @@ def main() -> None:
         distributed.initialize(args["coordinator"], int(args["nproc"]), int(args["pid"]))
     get = lambda k, d: type(d)(args.get(k, d))  # noqa: E731
     config = config_lib.base_config()
-    config.data = ml_collections.ConfigDict(
-        {"batch_size": get("batch", 32), "augment_on": "host", "device_resident": False}
-    )
+    config.data = config_lib.data_config("mnist", batch_size=get("batch", 32))
     config.num_epochs = get("epochs", 2)
     config.max_train_steps = get("max_steps", 0)
     config.checkpoint_every_steps = get("ckpt_every", 0)
