@@ -15,13 +15,13 @@ from typing import Any
 import ml_collections
 
 from spinal_jax.errors import UserError
+from spinal_jax.models.heads import HEADS
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "warmup_cosine")
 DTYPES = ("float32", "bfloat16")
 MONITORS = ("validation", "test")
 PLATEAU_MODES = ("random", "divide")
-HEADS = ("default", "spinal")
 FINETUNE_MODES = ("full", "linear_probe", "separate_lr")
 
 # Fields that may differ between a workdir's stored config and a resumed run without refusing it.
@@ -230,7 +230,7 @@ def _check_model_name(name: str) -> None:
 
 
 def _check_transfer(config: ml_collections.ConfigDict) -> None:
-    kwargs = config.model.get("kwargs")
+    kwargs = config.model.kwargs
     if kwargs:
         from spinal_jax.models import create_model
 
@@ -239,7 +239,8 @@ def _check_transfer(config: ml_collections.ConfigDict) -> None:
         except TypeError as err:
             raise UserError(
                 f"config.model.kwargs = {kwargs.to_dict()} does not fit model "
-                f"{config.model.name!r} ({err}); use fields of its module, e.g. spinal_width."
+                f"{config.model.name!r} ({err}); use a model field or a head keyword (spinal_width, "
+                "spinal_layers, spinal_splits, spinal_dropout, spinal_bn, spinal_activation, dropout_rate)."
             ) from err
     if not config.pretrained and config.finetune.mode == "full":
         return

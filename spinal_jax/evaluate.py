@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import ml_collections
 from flax import jax_utils
 
 from spinal_jax import build, checkpoints, sources, steps
+from spinal_jax import workdir as workdir_lib
 from spinal_jax.errors import UserError, run_cli
 
 
@@ -22,10 +22,7 @@ def evaluate_workdir(
     The run's ``config.json`` rebuilds its data pipeline and model (unless given).
     """
     workdir = Path(workdir).resolve()
-    config_path = workdir / "config.json"
-    if not config_path.exists():
-        raise UserError(f"{workdir} holds no config.json: give the --workdir of a spinal_jax training run.")
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    config = workdir_lib.load_run_config(workdir)
     if pipeline is None:
         from spinal_jax.data import create_input_pipeline
 

@@ -112,14 +112,13 @@ def create_optimizer(config: Any, learning_rate: float | optax.Schedule) -> opta
     ``config.finetune.mode``; the injected (reported, scheduled) learning rate is the head's."""
     from spinal_jax import optim
 
-    settings = config.get("finetune") or {}  # absent from configs stored before fine-tuning modes existed
-    mode = settings.get("mode", "full")
+    mode = config.finetune.mode
     if mode == "full":
         return optim.create_optimizer(config.optim, learning_rate)
     from spinal_jax.models import head_path
 
     structure = optimizer_structure(
-        mode, head_path(config.model.name), float(settings.get("backbone_lr_multiplier", 0.1))
+        mode, head_path(config.model.name), float(config.finetune.backbone_lr_multiplier)
     )
     return optim.create_optimizer(config.optim, learning_rate, structure)
 
@@ -142,7 +141,7 @@ def adapt_train_state(config: Any, state: Any) -> Any:
     """``state`` as the fine-tuning mode needs it: in 'linear_probe' a TrainState whose updates keep
     the backbone's BatchNorm running averages (so the backbone is frozen entirely: its parameters by
     the optimiser, its statistics here); unchanged otherwise. Call it before restoring a checkpoint."""
-    if (config.get("finetune") or {}).get("mode", "full") != "linear_probe":
+    if config.finetune.mode != "linear_probe":
         return state
     from spinal_jax.models import head_path
 

@@ -40,9 +40,9 @@ import ml_collections
 
 from spinal_jax import stats
 from spinal_jax.errors import UserError, run_cli
+from spinal_jax.models.heads import HEADS
 
 REPO = Path(__file__).resolve().parents[1]
-HEADS = ("default", "spinal")
 log = logging.getLogger(__name__)
 
 

@@ -90,6 +90,22 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
         path.write_text(config.to_json_best_effort(indent=2))
 
 
+def load_run_config(workdir: Path) -> ml_collections.ConfigDict:
+    """The config of the run in ``workdir`` (its ``config.json``) on top of today's defaults, so a run
+    stored before a field existed gets that field's default; a UserError when there is no run there."""
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        raise UserError(f"{workdir} holds no config.json: give the --workdir of a spinal_jax training run.")
+    try:
+        stored = ml_collections.ConfigDict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err}): restore it from the run's copy.") from err
+    config = config_lib.base_config()
+    config.data = config_lib.data_config(stored.data.name)
+    config.update(stored)
+    return config
+
+
 class WorkdirLock:
     """An exclusive lock on ``workdir`` for this process (a no-op when ``enabled`` is False).
 
