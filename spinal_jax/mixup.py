@@ -22,7 +22,8 @@ Per example (``mode='elem'``, timm's per-element mode) or once per batch (``mode
 The alphas, probabilities, ``mode`` and ``num_classes`` are static Python values (the branches on them
 happen at trace time); everything drawn from ``rng`` stays on the device, so ``mix`` runs inside a jitted
 or pmapped step. Under ``pmap`` fold the device index into ``rng`` for independent draws per device.
-An odd batch pairs its middle example with itself (unchanged); timm requires an even batch.
+An odd batch pairs its middle example with itself (unchanged); timm requires an even batch. Not
+provided: timm's ``'pair'`` mode and ``cutmix_minmax`` boxes.
 """
 
 from __future__ import annotations
@@ -162,8 +163,8 @@ def mix(
     flipped = images[::-1]
     out = images
     if mixup_alpha > 0:
-        weight = lam.astype(images.dtype)[:, None, None, None]
-        out = images * weight + flipped * (1 - weight)
+        weight = lam[:, None, None, None]  # float32: bfloat16 images are blended in float32, then cast back
+        out = (images * weight + flipped * (1 - weight)).astype(images.dtype)
     if cutmix_alpha > 0:
         masks, corrected = cutmix_masks(k_box, lam, height, width)
         pasted = jnp.where(masks[..., None], flipped, images)

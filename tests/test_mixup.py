@@ -115,6 +115,17 @@ def test_alpha_zero_is_the_identity():
         np.testing.assert_allclose(np.asarray(out.targets), smoothed(labels, smoothing), rtol=0, atol=1e-7)
 
 
+def test_bfloat16_images_keep_their_dtype_and_float32_targets():
+    images = constant_images(4, 5, 5).astype(jax.numpy.bfloat16)
+    out = jit_mix(mixup_alpha=0.5, cutmix_alpha=0.0)(
+        jax.random.PRNGKey(4), images, np.arange(4, dtype=np.int32)
+    )
+    assert out.images.dtype == jax.numpy.bfloat16 and out.targets.dtype == np.float32
+    w = np.asarray(out.lam)[:, None, None, None]
+    blend = np.asarray(images, np.float32) * w + np.asarray(images, np.float32)[::-1] * (1 - w)
+    np.testing.assert_array_equal(np.asarray(out.images), np.asarray(blend.astype(jax.numpy.bfloat16)))
+
+
 def test_prob_zero_leaves_the_batch_alone_and_prob_gates_per_example():
     images = constant_images(4096, 1, 1, 1)
     labels = np.zeros(4096, np.int32)
