@@ -77,6 +77,54 @@ def batch_norm(train: bool, axis_name: str | None = None, **kwargs: Any) -> nn.B
     )
 
 
+class Dropout(nn.Module):
+    """``flax.linen.Dropout`` whose mask does not depend on how the batch is split over devices.
+
+    Without ``axis_name`` (or deterministic) it is ``nn.Dropout``: the same key, the same
+    ``bernoulli(rng, 1 - rate, shape)`` call and the same ``select(mask, x / keep, 0)``. With
+    ``axis_name`` (the pmap axis of the train step, whose devices share the dropout key) it draws the
+    mask of the global batch ``(n_devices * b, ...)`` and keeps this device's rows ``[i * b, (i + 1) * b)``,
+    so every example gets the mask it would get in one step over the whole batch on one device.
+
+    Attributes:
+      rate: the dropout probability (not the keep rate).
+      broadcast_dims: dimensions that share one mask (``(1, 2)`` on NHWC is PyTorch's Dropout2d).
+      deterministic: if true the input passes unchanged; merged with the call's argument.
+      rng_collection: the rng collection the key comes from.
+      axis_name: the pmap axis whose devices each hold one slice of the batch (dimension 0), or None.
+    No parameters; input and output of any shape ``(b, ...)``.
+    """
+
+    rate: float
+    broadcast_dims: Sequence[int] = ()
+    deterministic: bool | None = None
+    rng_collection: str = "dropout"
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, inputs: Array, deterministic: bool | None = None, rng: Array | None = None) -> Array:
+        deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+        if self.rate == 0.0 or deterministic:
+            return inputs
+        if self.rate == 1.0:
+            return jnp.zeros_like(inputs)
+        keep_prob = 1.0 - self.rate
+        if rng is None:
+            rng = self.make_rng(self.rng_collection)
+        shape = list(inputs.shape)
+        for dim in self.broadcast_dims:
+            shape[dim] = 1
+        if self.axis_name is None or any(d % inputs.ndim == 0 for d in self.broadcast_dims):
+            mask = jax.random.bernoulli(rng, p=keep_prob, shape=shape)
+        else:
+            b = shape[0]
+            devices = jax.lax.psum(1, self.axis_name)
+            mask = jax.random.bernoulli(rng, p=keep_prob, shape=(devices * b, *shape[1:]))
+            mask = jax.lax.dynamic_slice_in_dim(mask, jax.lax.axis_index(self.axis_name) * b, b, axis=0)
+        mask = jnp.broadcast_to(mask, inputs.shape)
+        return jax.lax.select(mask, inputs / keep_prob, jnp.zeros_like(inputs))
+
+
 class Dense(nn.Module):
     """A Linear layer with PyTorch's default init (the bias bound depends on fan_in).
 
@@ -210,7 +258,8 @@ class SpinalFC(nn.Module):
       fused: compute all input-chunk projections in one batched matmul and keep only the small
         w x w recurrence sequential; False runs the literal layer-by-layer form. Same parameters,
         same numbers (up to float rounding).
-      bn_axis_name: pmap axis over which BatchNorm statistics are averaged in training.
+      bn_axis_name: pmap axis over which BatchNorm statistics are averaged in training (and dropout
+        masks drawn for the global batch, see :class:`Dropout`).
 
     Input ``(B, D)`` (or ``(B, H, W, C)`` when ``spatial``); output ``(B, num_classes)`` logits.
     """
@@ -302,7 +351,7 @@ class SpinalFC(nn.Module):
         return _activation(self.activation)(pre)
 
     def _fused(
-        self, chunks: Array, weights: tuple[Array, Array | None, Array], drops: list[nn.Dropout], train: bool
+        self, chunks: Array, weights: tuple[Array, Array | None, Array], drops: list[Dropout], train: bool
     ) -> list[Array]:
         """The k sub-layer outputs ``(B, w)``: one batched matmul for every input-chunk projection, then
         the sequential w x w recurrence. ``chunks`` is ``(B, k, s)``."""
@@ -325,7 +374,7 @@ class SpinalFC(nn.Module):
         return outputs
 
     def _literal(
-        self, chunks: Array, weights: tuple[Array, Array | None, Array], drops: list[nn.Dropout], train: bool
+        self, chunks: Array, weights: tuple[Array, Array | None, Array], drops: list[Dropout], train: bool
     ) -> list[Array]:
         """The k sub-layer outputs computed layer by layer, as the reference: Linear i on
         ``concat[chunk_i, z_{i-1}]``."""
@@ -351,13 +400,17 @@ class SpinalFC(nn.Module):
         chunks = self._chunks(x)  # (B, k, s)
         weights = self._parameters(chunks.shape[-1])
         chunks, *weights = nn.dtypes.promote_dtype(chunks, *weights, dtype=self.dtype)
-        drops = [nn.Dropout(self.dropout_rate, name=f"dropout_{i}") for i in range(self.num_layers)]
+        drops = [
+            Dropout(self.dropout_rate, axis_name=self.bn_axis_name, name=f"dropout_{i}")
+            for i in range(self.num_layers)
+        ]
         layers = self._fused if self.fused else self._literal
         features = jnp.concatenate(layers(chunks, tuple(weights), drops, train), axis=-1)
         if self.num_classes is None:
             return features
         deterministic = not train or self.dropout_rate == 0.0
-        features = nn.Dropout(self.dropout_rate, name="dropout_out")(features, deterministic=deterministic)
+        drop = Dropout(self.dropout_rate, axis_name=self.bn_axis_name, name="dropout_out")
+        features = drop(features, deterministic=deterministic)
         return Dense(
             self.num_classes,
             kernel_init=self.kernel_init,

@@ -33,8 +33,8 @@ Mix = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 class TrainState(train_state.TrainState):
     """Flax's TrainState plus BatchNorm statistics, the base dropout/augmentation key and the EMA.
 
-    ``rng`` is a raw ``uint32[2]`` key; step ``s`` uses ``fold_in(rng, s)`` (then the device index), so
-    a resumed run draws the same randomness as an uninterrupted one. ``ema`` is ``{'params',
+    ``rng`` is a raw ``uint32[2]`` key; step ``s`` uses ``fold_in(rng, s)`` on every device, so a
+    resumed run draws the same randomness as an uninterrupted one. ``ema`` is ``{'params',
     'batch_stats'}``, the moving average of both, or ``{}`` when the run keeps none.
     """
 
@@ -49,7 +49,8 @@ class StepOptions:
 
     Attributes:
       label_smoothing: of the one-hot targets (with ``mix``, the mix function applies it).
-      augment: ``(rng, images (b, H, W, C)) -> images`` on the device, or None.
+      augment: ``(keys (b,), images (b, H, W, C)) -> images`` on the device, one key per example
+        (:func:`example_keys`: the keys of the examples' positions in the global batch), or None.
       mix: ``(rng, images, labels (b,)) -> (images, targets (b, classes))`` (mixup/cutmix), or None.
       accum_steps: micro-batches per update: the batch is split into ``accum_steps`` equal parts whose
         gradients are averaged before one optimiser update; BatchNorm statistics are updated once per
@@ -105,10 +106,21 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 
 
 def _step_rng(state: TrainState, axis_name: str | None) -> jax.Array:
-    rng = jax.random.fold_in(state.rng, state.step)
-    if axis_name is not None:
-        rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-    return rng
+    """The step's key, the same on every device: per-example randomness (dropout masks, augmentation)
+    is drawn for the global batch and sliced per device, so it does not depend on the device count.
+    Folding the constant 0 keeps the keys of one device as they were when the device index was folded."""
+    del axis_name
+    return jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 0)
+
+
+def example_keys(rng: jax.Array, b: int, axis_name: str | None) -> jax.Array:
+    """Keys ``(b,)`` of this device's ``b`` examples: ``split(rng, n_devices * b)`` at the examples'
+    global positions ``[i * b, (i + 1) * b)`` on device ``i`` of ``axis_name`` (``split(rng, b)``
+    without an axis), so an example's key does not depend on how many devices share the batch."""
+    if axis_name is None:
+        return jax.random.split(rng, b)
+    keys = jax.random.split(rng, jax.lax.psum(1, axis_name) * b)
+    return jax.lax.dynamic_slice_in_dim(keys, jax.lax.axis_index(axis_name) * b, b)
 
 
 def _loss_and_grads(
@@ -190,7 +202,7 @@ def train_step(
     aug_rng, dropout_rng = jax.random.split(rng)
     images, labels, targets = batch["image"], batch["label"], None
     if options.augment is not None:
-        images = options.augment(aug_rng, images)
+        images = options.augment(example_keys(aug_rng, images.shape[0], axis_name), images)
     if options.mix is not None:
         images, targets = options.mix(jax.random.fold_in(rng, 1), images, labels)
     if options.accum_steps > 1:

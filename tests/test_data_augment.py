@@ -210,10 +210,13 @@ def test_device_augment_is_jittable_and_keeps_normalisation():
     mean, std = np.array([0.1307], np.float32), np.array([0.3081], np.float32)
     fn = jax.jit(make_device_augment("mnist", mean, std, (28, 28, 1)))
     zeros_raw = np.full((2, 3, 28, 28, 1), -0.1307 / 0.3081, np.float32)  # all-background images
-    out = fn(jax.random.key(0), jnp.asarray(zeros_raw))
+    keys = jax.random.split(jax.random.key(0), 6).reshape(2, 3)  # one key per image
+    out = fn(keys, jnp.asarray(zeros_raw))
     assert out.shape == zeros_raw.shape and out.dtype == jnp.float32
     # Fill value is raw pixel 0, i.e. the normalised background: a blank image stays blank.
     np.testing.assert_allclose(np.asarray(out), zeros_raw, atol=1e-6)
+    with pytest.raises(ValueError, match="one key per image"):
+        fn(jax.random.key(0), jnp.asarray(zeros_raw))
     with pytest.raises(DataConfigError, match="augment_on='host'"):
         make_device_augment("inception", mean, std, (224, 224, 3))
 

@@ -160,15 +160,23 @@ def normalised_augment(
     std: np.ndarray,
     image_shape: tuple[int, int, int],
 ) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """A jittable ``fn(rng, images) -> images`` for normalised float images ``(..., H, W, C)``: each image
-    is un-normalised to raw pixel scale, passed through ``transform(key, image)`` with its own key, and
-    normalised again (``mean``, ``std``: per channel, of [0, 1] images; ``(C,)``)."""
+    """A jittable ``fn(keys, images) -> images`` for normalised float images ``(..., H, W, C)`` and one
+    key per image, ``keys (...)`` (typed keys; raw ``uint32`` keys have a trailing 2): each image is
+    un-normalised to raw pixel scale, passed through ``transform(key, image)`` with its key, and
+    normalised again (``mean``, ``std``: per channel, of [0, 1] images; ``(C,)``). The train step
+    passes the keys of the examples' global batch positions (:func:`spinal_jax.steps.example_keys`),
+    so an image's augmentation does not depend on the device count."""
     mean_j, std_j = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
 
-    def device_augment(rng: jax.Array, images: jax.Array) -> jax.Array:
+    def device_augment(keys: jax.Array, images: jax.Array) -> jax.Array:
+        lead = images.shape[: images.ndim - len(image_shape)]
+        if keys.shape[: len(lead)] != lead or keys.ndim - len(lead) not in (0, 1):
+            raise ValueError(
+                f"Device augmentation takes one key per image: keys of shape {keys.shape} for images of "
+                f"shape {images.shape}; give jax.random.split(key, {math.prod(lead)}).reshape{lead}."
+            )
         flat = images.reshape(-1, *image_shape).astype(jnp.float32) * std_j + mean_j
-        keys = jax.random.split(rng, flat.shape[0])
-        out = jax.vmap(transform)(keys, flat)
+        out = jax.vmap(transform)(keys.reshape(flat.shape[0], *keys.shape[len(lead) :]), flat)
         return ((out - mean_j) / std_j).reshape(images.shape).astype(images.dtype)
 
     return device_augment

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from spinal_jax.layers import flatten_channels_first, kaiming_normal_fan_out, max_pool
+from spinal_jax.layers import Dropout, flatten_channels_first, kaiming_normal_fan_out, max_pool
 from spinal_jax.models.blocks import ConvBN, VGGFeatures, check_image_shape
 from spinal_jax.models.heads import DefaultHeadConfig, HeadConfig, HeadedModel, SpinalHeadConfig
 from spinal_jax.models.registry import register_module
@@ -75,7 +75,8 @@ class CifarCNNFeatures(nn.Module):
                 )(x, train)
             x = max_pool(x, 2)
             if stage == 1:
-                x = nn.Dropout(0.05, broadcast_dims=(1, 2), name="dropout2d")(x, deterministic=not train)
+                drop = Dropout(0.05, broadcast_dims=(1, 2), axis_name=self.bn_axis_name, name="dropout2d")
+                x = drop(x, deterministic=not train)
         return x
 
 
@@ -198,7 +199,8 @@ class CifarResNetFeatures(nn.Module):
             bn_axis_name=self.bn_axis_name,
             name="stem",
         )(x, train)
-        x = nn.Dropout(self.stem_dropout, broadcast_dims=(1, 2), name="dropout2d")(x, deterministic=not train)
+        drop = Dropout(self.stem_dropout, (1, 2), axis_name=self.bn_axis_name, name="dropout2d")  # Dropout2d
+        x = drop(x, deterministic=not train)
         for i, (width, blocks) in enumerate(zip((32, 64, 128, 256), self.stage_sizes, strict=True)):
             for j in range(blocks):
                 x = CifarBasicBlock(

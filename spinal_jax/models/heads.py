@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from spinal_jax.layers import Dense, Initializer, SpinalFC, batch_norm
+from spinal_jax.layers import Dense, Dropout, Initializer, SpinalFC, batch_norm
 
 Dtype = Any
 
@@ -166,7 +166,8 @@ class MLPHead(nn.Module):
         widths = [*self.hidden, self.num_classes]
         for i, (width, rate) in enumerate(zip(widths, self.dropout, strict=True)):
             if rate > 0:
-                x = nn.Dropout(rate, name=f"dropout_{i}")(x, deterministic=not train)
+                drop = Dropout(rate, axis_name=self.bn_axis_name, name=f"dropout_{i}")
+                x = drop(x, deterministic=not train)
             x = Dense(
                 width,
                 bias_init=self.bias_init,
@@ -196,13 +197,15 @@ class LinearHead(Dense):
 class VGGClassifier(nn.Module):
     """torchvision's VGG classifier: Linear(D, h) ReLU Dropout Linear(h, h) ReLU Dropout Linear(h, C),
     Linear init N(0, 0.01), bias 0; children ``fc_0``, ``fc_3``, ``fc_6``. Input ``(B, D)``, output
-    ``(B, C)``."""
+    ``(B, C)``. ``bn_axis_name``: the train step's pmap axis (dropout masks are drawn for the global
+    batch; there is no BatchNorm)."""
 
     num_classes: int
     hidden: int = 4096
     dropout_rate: float = 0.5
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -218,7 +221,7 @@ class VGGClassifier(nn.Module):
 
         for name in ("fc_0", "fc_3"):
             x = nn.relu(dense(self.hidden, name)(x))
-            x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+            x = Dropout(self.dropout_rate, axis_name=self.bn_axis_name)(x, deterministic=not train)
         return dense(self.num_classes, "fc_6")(x)
 
 
@@ -300,7 +303,7 @@ def _default_head(
     if cfg.layout == "torchvision_vgg":
         if len(set(cfg.hidden)) != 1 or len(cfg.hidden) != 2:
             raise ValueError(f"torchvision's VGG classifier has two equal hidden widths, got {cfg.hidden}.")
-        return VGGClassifier(num_classes, cfg.hidden[0], cfg.dropout, **dtypes, name=name)
+        return VGGClassifier(num_classes, cfg.hidden[0], cfg.dropout, **precision, name=name)
     if cfg.layout != "torch":
         raise ValueError(f"Unknown head layout {cfg.layout!r}: use 'torch' or 'torchvision_vgg'.")
     if not cfg.hidden:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from spinal_jax.layers import Conv, flatten_channels_first, max_pool
+from spinal_jax.layers import Conv, Dropout, flatten_channels_first, max_pool
 from spinal_jax.models.blocks import check_image_shape
 from spinal_jax.models.heads import DefaultHeadConfig, HeadConfig, HeadedModel, SpinalHeadConfig
 from spinal_jax.models.registry import register_module
@@ -41,17 +41,20 @@ def _check_input(x: jax.Array, model: str) -> None:
 
 class MnistFeatures(nn.Module):
     """The two-conv backbone. Input ``(B, 28, 28, 1)``; returns the conv1 map ``(B, 12, 12, 10)``
-    (after pool and ReLU) and the conv2 map ``(B, 4, 4, 20)``."""
+    (after pool and ReLU) and the conv2 map ``(B, 4, 4, 20)``. ``bn_axis_name``: the train step's pmap
+    axis (dropout masks are drawn for the global batch; there is no BatchNorm)."""
 
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
         conv1 = Conv(10, 5, dtype=self.dtype, param_dtype=self.param_dtype, name="conv1")(x)
         conv1 = nn.relu(max_pool(conv1, 2))
         conv2 = Conv(20, 5, dtype=self.dtype, param_dtype=self.param_dtype, name="conv2")(conv1)
-        conv2 = nn.Dropout(0.5, broadcast_dims=(1, 2), name="dropout2d")(conv2, deterministic=not train)
+        drop = Dropout(0.5, broadcast_dims=(1, 2), axis_name=self.bn_axis_name, name="dropout2d")
+        conv2 = drop(conv2, deterministic=not train)
         return conv1, nn.relu(max_pool(conv2, 2))
 
 
@@ -68,7 +71,9 @@ class MnistCNN(HeadedModel):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         _check_input(x, "mnist_cnn")
-        _, conv2 = MnistFeatures(dtype=self.dtype, param_dtype=self.param_dtype, name="features")(x, train)
+        _, conv2 = MnistFeatures(
+            dtype=self.dtype, param_dtype=self.param_dtype, bn_axis_name=self.bn_axis_name, name="features"
+        )(x, train)
         features = flatten_channels_first(conv2)  # (B, 320)
         return self.classify(features, train=train)
 
@@ -94,9 +99,9 @@ class MnistArch2(HeadedModel):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         _check_input(x, "mnist_arch2")
-        conv1, conv2 = MnistFeatures(dtype=self.dtype, param_dtype=self.param_dtype, name="features")(
-            x, train
-        )
+        conv1, conv2 = MnistFeatures(
+            dtype=self.dtype, param_dtype=self.param_dtype, bn_axis_name=self.bn_axis_name, name="features"
+        )(x, train)
         maps = (x, conv1, conv2) if self.head == "spinal" else (conv2,)
         return self.classify(*[flatten_channels_first(v) for v in maps], train=train)
 
