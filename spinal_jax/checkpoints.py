@@ -306,24 +306,22 @@ def load_params(path: str | Path, template: Any) -> Any:
     return template.replace(params=params, batch_stats=batch_stats)
 
 
-def final_state(workdir: str | Path) -> dict[str, np.ndarray]:
-    """Every array of ``workdir``'s latest checkpoint's train state, by path (``"['params'][...]"``)."""
+def _latest_state(workdir: str | Path) -> Any:
+    """The train state of ``workdir``'s latest checkpoint as a nested dict of host arrays."""
     latest = Path(workdir).resolve() / "checkpoints"
     with ocp.CheckpointManager(latest) as manager:
         step = manager.latest_step()
         if step is None:
             raise FileNotFoundError(f"No checkpoint under {latest}.")
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    leaves = jax.tree_util.tree_flatten_with_path(restored.state)[0]
+        return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+
+
+def final_state(workdir: str | Path) -> dict[str, np.ndarray]:
+    """Every array of ``workdir``'s latest checkpoint's train state, by path (``"['params'][...]"``)."""
+    leaves = jax.tree_util.tree_flatten_with_path(_latest_state(workdir))[0]
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
 
 
 def final_params(workdir: str | Path) -> Any:
     """The parameters of ``workdir``'s latest checkpoint as host arrays (for comparisons and export)."""
-    latest = Path(workdir).resolve() / "checkpoints"
-    with ocp.CheckpointManager(latest) as manager:
-        step = manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"No checkpoint under {latest}.")
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return restored.state["params"]
+    return _latest_state(workdir)["params"]

@@ -7,7 +7,7 @@ Prints the top-5 (``--top K``) classes of each image with their probabilities (t
 logits), or one JSON document with ``--json``::
 
     {"workdir": str, "checkpoint": "best" | "latest" | "step", "checkpoint_step": int,
-     "weights": "params" | "ema_params", "image_shape": [H, W, C],
+     "weights": "params" | "ema", "image_shape": [H, W, C],
      "predictions": [{"file": str, "row": int | null,
                       "top": [{"label": int, "class": str, "probability": float}, ...]}, ...]}
 
@@ -30,9 +30,9 @@ Inputs and channels:
   are refused.
 
 ``--checkpoint``: ``best`` (default; the latest checkpoint when the run has no best yet), ``latest``,
-or a step number held in ``checkpoints/`` or ``best/``. ``--ema`` uses the checkpoint's ``ema_params``
-(refused when it holds none). Bad input (a workdir without a run, a missing step, an unreadable file,
-a file that is no image, a refused array) is one line ``error: ...`` and exit status 2.
+or a step number held in ``checkpoints/`` or ``best/``. ``--ema`` uses the checkpoint's EMA weights and
+statistics (refused when it holds none). Bad input (a workdir without a run, a missing step, an
+unreadable file, a file that is no image, a refused array) is one line ``error: ...`` and exit status 2.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from flax import serialization
 from PIL import Image, UnidentifiedImageError
 
 from spinal_jax import build, checkpoints
+from spinal_jax import workdir as workdir_lib
 from spinal_jax.errors import UserError, run_cli
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -70,13 +71,7 @@ def load_config(workdir: Path) -> ml_collections.ConfigDict:
         raise UserError(
             f"--workdir {workdir} is not a directory: give the workdir of a spinal_jax training run."
         )
-    path = workdir / "config.json"
-    if not path.is_file():
-        raise UserError(f"{workdir} holds no config.json: give the --workdir of a spinal_jax training run.")
-    try:
-        return ml_collections.ConfigDict(json.loads(path.read_text()))
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path} is unreadable ({err}); it is written by train.py.") from err
+    return workdir_lib.load_run_config(workdir)
 
 
 def parse_checkpoint(which: str) -> str | int:
@@ -130,17 +125,17 @@ def restore_state(workdir: Path, template: Any, which: str | int) -> tuple[Any, 
     raise UserError(f"No readable checkpoint in {workdir}/best or {workdir}/checkpoints: train first.")
 
 
-def select_params(state: Any, ema: bool, step: int) -> tuple[Any, str]:
-    """``(params, field name)``: ``state.params``, or ``state.ema_params`` with ``ema``."""
+def select_variables(state: Any, ema: bool, step: int) -> tuple[dict[str, Any], str]:
+    """``(variables, which)``: the trained ``params`` and ``batch_stats``, or with ``ema`` their moving
+    average (``state.ema``; a UserError when the run kept none)."""
     if not ema:
-        return state.params, "params"
-    ema_params = getattr(state, "ema_params", None)
-    if ema_params is None or not jax.tree.leaves(ema_params):
+        return {"params": state.params, "batch_stats": state.batch_stats}, "params"
+    if not jax.tree.leaves(state.ema):
         raise UserError(
-            f"--ema: checkpoint step {step} holds no EMA weights (the run was trained without EMA); "
+            f"--ema: checkpoint step {step} holds no EMA weights (the run was trained with ema.decay=0); "
             "drop --ema."
         )
-    return ema_params, "ema_params"
+    return dict(state.ema), "ema"
 
 
 # -- reading files into the pipeline's evaluation transform ----------------------------------------------
@@ -185,7 +180,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 def decode(pipeline: Any, path: Path, encoded: bytes) -> np.ndarray:
     """The pipeline's decoding (channel conversion included) -> uint8 ``(H, W, C)``."""
     try:
-        return pipeline._decode(encoded)
+        return pipeline.decode(encoded)
     except UnidentifiedImageError as err:
         raise UserError(f"{path}: not an image (PNG, JPEG, ... as PIL reads them) nor a .npy array.") from err
     except Image.DecompressionBombError as err:
@@ -205,7 +200,7 @@ def load_file(pipeline: Any, path: Path) -> tuple[list[np.ndarray], bool]:
 
 def preprocess(pipeline: Any, images: Sequence[np.ndarray]) -> np.ndarray:
     """uint8 ``(H, W, C)`` images -> the eval transform's float32 ``(N, *pipeline.image_shape)``."""
-    resized = [pipeline._eval_image(image) for image in images]
+    resized = [pipeline.eval_image(image) for image in images]
     return pipeline.normalize(np.stack(resized))
 
 
@@ -271,8 +266,8 @@ def predict_files(
         config, model, pipeline.image_shape, pipeline.steps_per_epoch, pipeline.global_batch_size
     )
     state, used, step = restore_state(workdir, template, which)
-    params, weights = select_params(state, ema, step)
-    probs = probabilities(model.apply, {"params": params, "batch_stats": state.batch_stats}, images)
+    variables, weights = select_variables(state, ema, step)
+    probs = probabilities(model.apply, variables, images)
     names = pipeline.class_names if len(pipeline.class_names) == num_classes else range(num_classes)
     tops = top_classes(probs, min(top, num_classes), [str(n) for n in names])
     return {

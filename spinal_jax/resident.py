@@ -33,6 +33,7 @@ import jax
 import numpy as np
 
 from spinal_jax import steps
+from spinal_jax.data.pipeline import check_data_state
 from spinal_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -232,13 +233,8 @@ class ResidentData:
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         """Continue after ``state['step']`` steps; a state of another data stream is a ValueError."""
-        mine = self._identity()
-        diff = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
-        if diff:
-            raise ValueError(
-                f"Checkpoint data state does not match this device-resident run ((saved, current): {diff}); "
-                "resume with the same data config (data.device_resident included), seed and process layout."
-            )
+        fix = "resume with the same data config (data.device_resident included), seed and process layout"
+        check_data_state(state, self._identity(), fix)
         step = int(state["step"])
         if step % self.steps_per_epoch:
             raise ValueError(

@@ -181,7 +181,7 @@ def test_iterator_state_restores_exact_batches(mnist_config, augment):
     other = create_input_pipeline(
         _config(cfg, seed=4), local_device_count=2, process_index=0, process_count=1
     )
-    with pytest.raises(ValueError, match="does not match this pipeline"):
+    with pytest.raises(ValueError, match="does not match this run"):
         other.train_iterator().set_state(state)
     flipped = "none" if augment == "reference" else "reference"
     changed = create_input_pipeline(

@@ -166,3 +166,26 @@ def test_bad_feature_settings_are_refused(changes, message, tmp_path):
 
         validate_data_config(config.data)
         build.step_options(config, ArrayPipeline(64, 0, 0, 32), 10)
+
+
+def test_configured_mixup_and_accumulation_train_on_the_mixed_batch():
+    """``data.mixup_alpha`` / ``cutmix_alpha`` through ``build.step_options``: the step's loss is the
+    cross-entropy of the model on ``spinal_jax.mixup.mix``'s images against its targets (same key)."""
+    from spinal_jax import mixup
+
+    config = _config(**{"data.mixup_alpha": 0.4, "data.cutmix_alpha": 1.0, "label_smoothing": 0.1})
+    options = build.step_options(config, ArrayPipeline(64, 0, 0, 32), 10)
+    state, batch = _state(TinyMLP()), _batch(32)
+    _, metrics = jax.jit(lambda s, b: steps.train_step(s, b, options, axis_name=None))(state, batch)
+    mix_rng = jax.random.fold_in(steps._step_rng(state, None), 1)
+    out = mixup.mix(
+        mix_rng, batch["image"], batch["label"], 10, mixup_alpha=0.4, cutmix_alpha=1.0, label_smoothing=0.1
+    )
+    assert not np.allclose(out.images, batch["image"])
+    logits = state.apply_fn({"params": state.params}, out.images)
+    np.testing.assert_allclose(
+        metrics["loss"], optax.softmax_cross_entropy(logits, out.targets).mean(), rtol=1e-5
+    )
+
+    accumulated = build.step_options(_config(**{"optim.accum_steps": 4}), ArrayPipeline(64, 0, 0, 32), 10)
+    assert accumulated.accum_steps == 4 and accumulated.mix is None

@@ -94,6 +94,16 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+def check_data_state(saved: Mapping[str, Any], identity: Mapping[str, Any], fix: str) -> None:
+    """A DataConfigError when a checkpoint's data ``saved`` state is of another data stream than
+    ``identity`` (every key of ``identity`` must match); ``fix`` says what to do."""
+    diff = {k: (saved.get(k), v) for k, v in identity.items() if saved.get(k) != v}
+    if diff:
+        raise DataConfigError(
+            f"The checkpoint's data state does not match this run ((saved, current): {diff}); {fix}."
+        )
+
+
 class TrainIterator(Iterator[dict[str, np.ndarray]]):
     """Infinite train batches; ``get_state`` / ``set_state`` save and restore the position exactly."""
 
@@ -128,13 +138,7 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         """Continue after ``state['step']`` batches; a state of a different data stream is a ValueError."""
-        mine = self._identity()
-        diff = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
-        if diff:
-            raise DataConfigError(
-                f"Train iterator state does not match this pipeline ((saved, current): {diff}); "
-                f"resume with the same data config, seed and process layout."
-            )
+        check_data_state(state, self._identity(), "resume with the same data config, seed and process layout")
         self._step = int(state["step"])
         self._it = self._pipe._train_iter(self._seed_offset, self._step)
 
@@ -233,7 +237,7 @@ class InputPipeline:
             self._sources[tfds_split] = self.dataset.open_split(tfds_split)
         return self._sources[tfds_split]
 
-    def _decode(self, encoded: bytes) -> np.ndarray:
+    def decode(self, encoded: bytes) -> np.ndarray:
         """PNG / JPEG bytes -> uint8 ``(H, W, C)`` with the data set's channel count."""
         with Image.open(io.BytesIO(encoded)) as img:
             mode = "L" if self._channels == 1 else "RGB"
@@ -246,7 +250,7 @@ class InputPipeline:
         if all(d is not None for d in shape):
             return tuple(shape)
         split, ix = self._indices["train"]
-        return tuple(self._decode(self._source(split)[int(ix[0])]["image"]).shape)
+        return tuple(self.decode(self._source(split)[int(ix[0])]["image"]).shape)
 
     def split_record_indices(self, split: str) -> tuple[str, np.ndarray]:
         """(tfds split, record indices) making up ``split`` (validation carved from train if needed)."""
@@ -258,7 +262,7 @@ class InputPipeline:
     def _size(self) -> int:
         return self.image_shape[0]
 
-    def _eval_image(self, image: np.ndarray) -> np.ndarray:
+    def eval_image(self, image: np.ndarray) -> np.ndarray:
         if self._eval_center_crop:
             return augment_host.resize_center_crop(image, self._size())
         return augment_host.resize(image, self._size())
@@ -268,11 +272,11 @@ class InputPipeline:
         return self.config.augment_on == "host" and self.policy != "none"
 
     def _train_example(self, ex: dict[str, Any], rng: np.random.Generator | None) -> dict[str, Any]:
-        image = self._decode(ex["image"])
+        image = self.decode(ex["image"])
         if self.augments_on_host():
             image = get_policy(self.policy).host(image, rng, self._size())
         else:
-            image = self._eval_image(image)
+            image = self.eval_image(image)
         return {"image": image, "label": ex["label"]}
 
     def normalize(self, images: np.ndarray) -> np.ndarray:
@@ -356,7 +360,7 @@ class InputPipeline:
         indices = shard[step * per_process : (step + 1) * per_process]
         records = source.__getitems__(indices.tolist()) if len(indices) else []
         examples = [
-            {"image": self._eval_image(self._decode(r["image"])), "label": r["label"], "mask": True}
+            {"image": self.eval_image(self.decode(r["image"])), "label": r["label"], "mask": True}
             for r in records
         ]
         pad = {"image": np.zeros(self.image_shape, np.uint8), "label": 0, "mask": False}
@@ -372,7 +376,7 @@ class InputPipeline:
 
         def load(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             records = source.__getitems__(chunk.tolist())
-            images = [self._eval_image(self._decode(r["image"])) for r in records]
+            images = [self.eval_image(self.decode(r["image"])) for r in records]
             return np.stack(images), np.asarray([r["label"] for r in records], np.int32)
 
         if len(indices) == 0:
