@@ -53,40 +53,44 @@ class Policy:
             raise TypeError(f"policy {self.name!r}: give a device implementation or say why there is none.")
 
 
-def _mnist_host(image: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
-    return H.random_rotation(H.random_perspective(H.resize(image, size), rng), rng)
+def _host_chain(*transforms: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    """A host policy: resize to ``size``, then each ``transform(image, rng)`` in turn."""
+
+    def policy(image: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+        image = H.resize(image, size)
+        for transform in transforms:
+            image = transform(image, rng)
+        return image
+
+    return policy
 
 
-def _mnist_device(key: jax.Array, image: jax.Array) -> jax.Array:
-    k1, k2 = jax.random.split(key)
-    return D.random_rotation(k2, D.random_perspective(k1, image))
+def _device_chain(*transforms: Callable[[jax.Array, jax.Array], jax.Array]) -> Callable[..., jax.Array]:
+    """A device policy: ``transform_i(k_i, image)`` in turn, ``k_1, k_2 = split(key)`` (one or two)."""
+
+    def policy(key: jax.Array, image: jax.Array) -> jax.Array:
+        for k, transform in zip(jax.random.split(key), transforms, strict=False):
+            image = transform(k, image)
+        return image
+
+    return policy
 
 
 def _fashion_host(image: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
     return H.random_resized_crop(H.random_rotation(H.resize(image, size), rng), rng, size, H.SCALE_FASHION)
 
 
-def _fashion_device(key: jax.Array, image: jax.Array) -> jax.Array:
-    k1, k2 = jax.random.split(key)
-    return D.random_resized_crop(k2, D.random_rotation(k1, image), H.SCALE_FASHION)
+def _fashion_crop_device(key: jax.Array, image: jax.Array) -> jax.Array:
+    return D.random_resized_crop(key, image, H.SCALE_FASHION)
 
 
-def _cifar_host(image: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
-    return H.random_flip(H.random_pad_crop(H.resize(image, size), rng), rng)
-
-
-def _cifar_device(key: jax.Array, image: jax.Array) -> jax.Array:
-    k1, k2 = jax.random.split(key)
-    return pix.random_flip_left_right(k2, D.random_pad_crop(k1, image))
-
-
-def _crop_host(image: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
-    return H.random_pad_crop(H.resize(image, size), rng)
-
-
-def _crop_device(key: jax.Array, image: jax.Array) -> jax.Array:
-    k1, _ = jax.random.split(key)
-    return D.random_pad_crop(k1, image)
+_mnist_host = _host_chain(H.random_perspective, H.random_rotation)
+_mnist_device = _device_chain(D.random_perspective, D.random_rotation)
+_fashion_device = _device_chain(D.random_rotation, _fashion_crop_device)
+_cifar_host = _host_chain(H.random_pad_crop, H.random_flip)
+_cifar_device = _device_chain(D.random_pad_crop, pix.random_flip_left_right)
+_crop_host = _host_chain(H.random_pad_crop)
+_crop_device = _device_chain(D.random_pad_crop)
 
 
 def _inception_host(image: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
