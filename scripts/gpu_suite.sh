@@ -29,8 +29,9 @@ torch.__version__, jax.devices())" ;;
       python3 scripts/side_by_side.py --suite mnist --anchors "$anchors" --steps 100 --windows 5 \
         --json "$out/side_by_side_mnist.json" ;;
     resnet)  # ResNet-50 +/- spinal head, batch 256, bf16: ours only
-      python3 -m spinal_jax.bench --workloads resnet50:spinal,resnet50:default --batch 256 \
-        --dtypes bfloat16 --modes step --recipe sgd --steps 20 --windows 5 --json "$out/bench_resnet.json" ;;
+      python3 -m spinal_jax.bench --config configs/imagenet_resnet50.py --heads spinal,default \
+        --config.data.batch_size=256 --config.optim.nesterov=False --dtypes bfloat16 --modes step \
+        --steps 20 --windows 5 --json "$out/bench_resnet.json" ;;
     resnet_torch)  # the same, side by side with torch.compile + AMP + channels_last
       python3 scripts/side_by_side.py --suite imagenet --anchors "$anchors" --steps 20 --windows 5 \
         --json "$out/side_by_side_imagenet.json" ;;
@@ -39,8 +40,8 @@ torch.__version__, jax.devices())" ;;
         --json "$out/side_by_side_resnet50_spinal.json" ;;
     protocol)  # SpinalVGG-5 MNIST reference protocol: 200 epochs on all 60k, scanned, device augmentation, bf16
       rm -rf /tmp/protocol
-      timeout "${PROTOCOL_TIMEOUT:-330}" python3 -m spinal_jax.bench --tta configs/mnist_vgg5_fast.py:bf16,paper \
-        --target 0.995 --workdir /tmp/protocol --json "$out/protocol.json" 2>&1 | grep -v -i warn | tail -20
+      timeout "${PROTOCOL_TIMEOUT:-330}" python3 -m spinal_jax.bench --config configs/mnist_vgg5_fast.py:bf16,paper \
+        --modes tta --target 0.995 --workdir /tmp/protocol --json "$out/protocol.json" 2>&1 | grep -v -i warn | tail -20
       cp /tmp/protocol/metrics.jsonl "$out/protocol_metrics.jsonl" 2>/dev/null ;;
     *) echo "unknown stage $stage" ;;
   esac
