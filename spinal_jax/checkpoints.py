@@ -45,8 +45,12 @@ DAMAGED = "damaged"
 
 
 def state_to_host(state: Any) -> dict[str, Any]:
-    """The pytree of a (unreplicated) TrainState as a nested dict of numpy arrays (copies)."""
-    return jax.tree.map(lambda x: np.array(x, copy=True), serialization.to_state_dict(jax.device_get(state)))
+    """The pytree of a (unreplicated) TrainState as a nested dict of numpy arrays (copies). An empty
+    ``ema`` (a run without one) is left out, so such checkpoints keep the layout they always had."""
+    host = jax.tree.map(lambda x: np.array(x, copy=True), serialization.to_state_dict(jax.device_get(state)))
+    if "ema" in host and not jax.tree.leaves(host["ema"]):
+        del host["ema"]
+    return host
 
 
 def gather_json(obj: Any) -> list[Any]:
@@ -87,11 +91,17 @@ def seal(step_dir: Path) -> None:
     os.replace(tmp, step_dir / SEAL)
 
 
+UNSEALED = (
+    "it has no checksum file (written before checksums existed, or the run stopped right after the save)"
+)
+
+
 def verify(step_dir: Path) -> str | None:
-    """None when every file of ``step_dir`` matches its seal; otherwise what is wrong, in words."""
+    """None when every file of ``step_dir`` matches its seal; otherwise what is wrong, in words
+    (:data:`UNSEALED` when there is no seal)."""
     seal_path = step_dir / SEAL
     if not seal_path.is_file():
-        return "it has no checksum file (the run stopped while it was being written)"
+        return UNSEALED
     try:
         expected = dict(
             reversed(line.rstrip("\n").split("  ", 1)) for line in seal_path.read_text().splitlines()
@@ -113,16 +123,19 @@ class Checkpoints:
       workdir: the run's directory.
       keep: how many of the latest checkpoints to keep.
       use_async: write in a background thread (call :meth:`wait` before reading them back).
+      read_only: for readers (evaluation, prediction) that may run beside the trainer: nothing on disk
+        is changed (no temporary folders cleaned, damaged checkpoints skipped, not moved).
     """
 
-    def __init__(self, workdir: str | Path, keep: int = 2, use_async: bool = True):
+    def __init__(self, workdir: str | Path, keep: int = 2, use_async: bool = True, read_only: bool = False):
         workdir = Path(workdir).resolve()
         self.workdir = workdir
         self.latest_dir = workdir / "checkpoints"
         self.best_dir = workdir / "best"
         self.use_async = use_async
-        self.latest = ocp.CheckpointManager(self.latest_dir, options=_options(keep, use_async))
-        self.best = ocp.CheckpointManager(self.best_dir, options=_options(1, use_async))
+        self.read_only = read_only
+        self.latest = ocp.CheckpointManager(self.latest_dir, options=_options(keep, use_async, read_only))
+        self.best = ocp.CheckpointManager(self.best_dir, options=_options(1, use_async, read_only))
         self._sealer: threading.Thread | None = None
         self._seal_error: BaseException | None = None
 
@@ -186,41 +199,65 @@ class Checkpoints:
         return self.latest.latest_step()
 
     def restore(self, template: Any, which: str = "latest") -> tuple[Any, Any, dict[str, Any], int] | None:
-        """Newest verified checkpoint of ``which`` ('latest' | 'best') restored onto ``template``.
+        """Newest usable checkpoint of ``which`` ('latest' | 'best') restored onto ``template``.
 
         Returns ``(state, data_state_of_this_process, loop_state, step)`` or None when there is none.
-        A checkpoint that fails verification or cannot be read is moved to ``damaged/`` with a warning,
-        and the one before it is tried.
+        A checkpoint whose files differ from its seal, or that cannot be read, is moved to ``damaged/``
+        (skipped when ``read_only``) with a warning, and the one before it is tried. One without a seal
+        (complete, as Orbax renames a step into place only once it is written) is restored unverified,
+        with a warning. A verified checkpoint that does not fit ``template`` is a UserError.
         """
         manager = self.latest if which == "latest" else self.best
         host_template = state_to_host(template)
         for step in sorted(manager.all_steps(), reverse=True):
             step_dir = Path(manager.directory) / str(step)
-            try:
-                problem = verify(step_dir)
-                if problem is not None:
-                    raise ValueError(problem)
-                restored = manager.restore(step, args=_restore_args(host_template))
-                state = serialization.from_state_dict(template, restored.state)
-                _check_finite(state, step)
-            except Exception as err:  # any failure to read means: use the previous checkpoint
-                self._set_aside(manager, step, err)
+            problem = verify(step_dir)
+            if problem is not None and problem != UNSEALED:
+                self._set_aside(manager, step, problem)
                 continue
-            per_process = restored.data["per_process"]
-            if len(per_process) != jax.process_count():
-                raise UserError(
-                    f"Checkpoint {step_dir} was written by {len(per_process)} processes, this run has "
-                    f"{jax.process_count()}: resume with the same number of processes."
-                )
-            return state, per_process[jax.process_index()], dict(restored.loop), step
+            if problem == UNSEALED:
+                warnings.warn(f"Checkpoint {step_dir} is restored unverified: {UNSEALED}.", RuntimeWarning, 2)
+            try:
+                restored = manager.restore(step, args=_restore_args(host_template))
+                _check_shapes(restored.state, host_template)
+            except Exception as err:  # unreadable: damage when unverified, else another model's checkpoint
+                if problem is None:
+                    raise UserError(_misfit(step_dir, err)) from err
+                self._set_aside(manager, step, f"{type(err).__name__}: {err}")
+                continue
+            state = serialization.from_state_dict(template, {"ema": {}, **restored.state})
+            if not _all_finite(state):
+                self._set_aside(manager, step, "non-finite parameters")
+                continue
+            if problem == UNSEALED and not self.read_only and jax.process_index() == 0:
+                seal(step_dir)  # it restored, complete and finite: from now on it is verified
+            return state, self._data_state(restored, step_dir), dict(restored.loop), step
         return None
 
-    def _set_aside(self, manager: ocp.CheckpointManager, step: int, err: Exception) -> None:
-        """Warn, move the step folder to ``damaged/`` (process 0) and reload the manager."""
+    @staticmethod
+    def _data_state(restored: Any, step_dir: Path) -> Any:
+        per_process = restored.data["per_process"]
+        if len(per_process) != jax.process_count():
+            raise UserError(
+                f"Checkpoint {step_dir} was written by {len(per_process)} processes, this run has "
+                f"{jax.process_count()}: resume with the same number of processes."
+            )
+        return per_process[jax.process_index()]
+
+    def _set_aside(self, manager: ocp.CheckpointManager, step: int, problem: str) -> None:
+        """Warn, move the step folder to ``damaged/`` (process 0) and reload the manager; with
+        ``read_only`` only warn."""
         kind = Path(manager.directory).name
+        if self.read_only:
+            warnings.warn(
+                f"Checkpoint {manager.directory}/{step} is damaged ({problem[:300]}); skipped.",
+                RuntimeWarning,
+                3,
+            )
+            return
         target = self.workdir / DAMAGED / f"{kind}-{step}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
         warnings.warn(
-            f"Checkpoint {manager.directory}/{step} is damaged ({str(err)[:300]}); moved to {target} and "
+            f"Checkpoint {manager.directory}/{step} is damaged ({problem[:300]}); moved to {target} and "
             "falling back to the previous checkpoint.",
             RuntimeWarning,
             stacklevel=3,
@@ -232,12 +269,31 @@ class Checkpoints:
         manager.reload()
 
 
-def _options(max_to_keep: int, use_async: bool) -> ocp.CheckpointManagerOptions:
+def _check_shapes(restored: Any, host_template: Any) -> None:
+    """A ValueError naming the first array whose shape differs from the template's."""
+    flat = dict(jax.tree_util.tree_flatten_with_path(restored)[0])
+    for path, leaf in jax.tree_util.tree_flatten_with_path(host_template)[0]:
+        if path in flat and np.shape(flat[path]) != np.shape(leaf):
+            name = jax.tree_util.keystr(path)
+            raise ValueError(f"{name} has shape {np.shape(flat[path])}, the model's is {np.shape(leaf)}")
+
+
+def _misfit(step_dir: Path, err: Exception) -> str:
+    return (
+        f"Checkpoint {step_dir} is intact but does not fit this run's model and optimiser "
+        f"({type(err).__name__}: {str(err)[:300]}): it was written by another model, head, optimiser or "
+        "spinal_jax version. Use another --workdir, or --config.overwrite=True to start this one again."
+    )
+
+
+def _options(max_to_keep: int, use_async: bool, read_only: bool = False) -> ocp.CheckpointManagerOptions:
     return ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep,
-        create=True,
+        max_to_keep=None if read_only else max_to_keep,
+        save_interval_steps=0 if read_only else 1,
+        create=not read_only,
+        read_only=read_only,
         enable_async_checkpointing=use_async,
-        cleanup_tmp_directories=True,
+        cleanup_tmp_directories=not read_only,
     )
 
 
@@ -256,10 +312,8 @@ def _barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def _check_finite(state: Any, step: int) -> None:
-    for leaf in jax.tree.leaves(state.params):
-        if not np.all(np.isfinite(leaf)):
-            raise ValueError(f"non-finite parameters in the checkpoint of step {step}")
+def _all_finite(state: Any) -> bool:
+    return all(bool(np.all(np.isfinite(leaf))) for leaf in jax.tree.leaves(state.params))
 
 
 def _find_step_dir(path: Path) -> Path | None:

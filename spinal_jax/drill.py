@@ -5,7 +5,7 @@
 First an uninterrupted reference run; then rounds of the same run in fresh workdirs: each round starts
 ``python train.py``, waits until the run has written a checkpoint beyond the one it resumed from, sleeps a
 random 0 to ``--max-delay`` seconds (so kills land during saves, right after them and between them) and
-sends SIGKILL, then checks that every sealed checkpoint on disk stores exactly the step its folder is
+sends SIGKILL, then checks that every complete checkpoint on disk stores exactly the step its folder is
 named after, and reruns. A round ends when the run finishes by itself; its final train state (every
 array of the latest checkpoint) and its per-epoch accuracies must equal the reference's byte for byte.
 Rounds repeat until ``--kills`` kills are done. Prints ``N/N kills resumed bit-exact``; exit status 1
@@ -58,20 +58,19 @@ def train_command(workdir: Path, config: str, overrides: tuple[str, ...]) -> lis
     return [sys.executable, str(REPO / "train.py"), f"--config={config}", f"--workdir={workdir}", *flags]
 
 
-def sealed_steps(folder: Path) -> list[int]:
-    """Steps of ``folder`` (``checkpoints`` or ``best``) whose checkpoint is complete and sealed."""
-    from spinal_jax.checkpoints import SEAL
-
+def complete_steps(folder: Path) -> list[int]:
+    """Steps of ``folder`` (``checkpoints`` or ``best``) whose checkpoint Orbax has finished (renamed
+    into place; its temporary folders have other names)."""
     if not folder.is_dir():
         return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / SEAL).is_file())
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
 
 
 def mislabelled_checkpoints(workdir: Path) -> list[str]:
-    """Sealed checkpoints whose stored loop or data step differs from their folder's name."""
+    """Complete checkpoints whose stored loop or data step differs from their folder's name."""
     wrong = []
     for kind in ("checkpoints", "best"):
-        for step in sealed_steps(workdir / kind):
+        for step in complete_steps(workdir / kind):
             step_dir = workdir / kind / str(step)
             loop = json.loads((step_dir / "loop" / "metadata").read_text())
             data = json.loads((step_dir / "data" / "metadata").read_text())["per_process"][0]
@@ -99,12 +98,12 @@ def run_until_checkpoint(cmd: list[str], workdir: Path, delay: float) -> tuple[b
 
     Returns (killed, output tail): killed is False when the run finished (or failed) first.
     """
-    before = max(sealed_steps(workdir / "checkpoints"), default=-1)
+    before = max(complete_steps(workdir / "checkpoints"), default=-1)
     log_path = workdir.parent / f"{workdir.name}.log"
     with open(log_path, "a") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=_env())
         deadline = time.monotonic() + START_TIMEOUT_S
-        while proc.poll() is None and max(sealed_steps(workdir / "checkpoints"), default=-1) <= before:
+        while proc.poll() is None and max(complete_steps(workdir / "checkpoints"), default=-1) <= before:
             if time.monotonic() > deadline:
                 proc.kill()
                 raise RuntimeError(f"no new checkpoint within {START_TIMEOUT_S:.0f} s; see {log_path}")

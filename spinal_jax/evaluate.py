@@ -35,7 +35,7 @@ def evaluate_workdir(
     template, _ = build.build_train_state(
         config, model, pipeline.image_shape, pipeline.steps_per_epoch, pipeline.global_batch_size
     )
-    ckpt = checkpoints.Checkpoints(workdir, use_async=False)
+    ckpt = checkpoints.Checkpoints(workdir, use_async=False, read_only=True)
     restored = ckpt.restore(template, which=which)
     if restored is None and which == "best":
         restored = ckpt.restore(template, which="latest")
@@ -57,7 +57,7 @@ def main() -> None:
 
     def run(argv: list[str]) -> None:
         del argv
-        logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
+        logging.set_verbosity(logging.ERROR)  # Orbax logs every restore at INFO, read-only mode at WARNING
         f = flags.FLAGS
         result = run_cli(lambda: evaluate_workdir(f.workdir, f.split, f.which))
         print(json.dumps(result, indent=2))

@@ -112,7 +112,7 @@ def restore_step(ckpt: checkpoints.Checkpoints, template: Any, step: int) -> Any
 
 def restore_state(workdir: Path, template: Any, which: str | int) -> tuple[Any, str, int]:
     """``(state, which checkpoint was used, its step)``; ``'best'`` falls back to the latest one."""
-    ckpt = checkpoints.Checkpoints(workdir, use_async=False)
+    ckpt = checkpoints.Checkpoints(workdir, use_async=False, read_only=True)
     try:
         if isinstance(which, int):
             return restore_step(ckpt, template, which), "step", which
@@ -305,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from absl import logging as absl_logging
 
-    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every restore at INFO
+    absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax: every restore at INFO, read-only mode at WARNING
     result = predict_files(args.workdir, args.files, args.checkpoint, args.top, args.ema)
     print(json.dumps(result, indent=2) if args.json else format_text(result))
     return 0

@@ -94,18 +94,44 @@ def test_truncated_latest_is_moved_aside_and_the_retrained_step_saved_in_its_pla
     assert checkpoints.Checkpoints(tmp_path).restore(_state(99))[3] == 30
 
 
-def test_partial_or_unsealed_latest_falls_back_and_all_unreadable_gives_none(tmp_path):
+def test_partial_latest_falls_back_and_all_unreadable_gives_none(tmp_path):
     _saved(tmp_path)
     shutil.rmtree(tmp_path / "checkpoints" / "30" / "state")  # a checkpoint missing its state item
     with pytest.warns(RuntimeWarning, match=r"checkpoints/30 is damaged \(files differ .*missing"):
         assert checkpoints.Checkpoints(tmp_path).restore(_state(99))[3] == 20
-    (tmp_path / "checkpoints" / "20" / checkpoints.SEAL).unlink()  # stopped before its seal was written
-    with pytest.warns(RuntimeWarning, match=r"checkpoints/20 is damaged \(it has no checksum file"):
-        assert checkpoints.Checkpoints(tmp_path).restore(_state(99))[3] == 10
-    (tmp_path / "checkpoints" / "10" / "loop" / "metadata").write_text("{not json")
+    for step in ("10", "20"):
+        (tmp_path / "checkpoints" / step / "loop" / "metadata").write_text("{not json")
     with pytest.warns(RuntimeWarning, match="checkpoints/10 is damaged"):
         assert checkpoints.Checkpoints(tmp_path).restore(_state(99)) is None
     assert _damaged_folders(tmp_path) == ["checkpoints-10", "checkpoints-20", "checkpoints-30"]
+
+
+def test_unsealed_checkpoint_is_restored_unverified_then_sealed_and_unsealed_damage_is_caught(tmp_path):
+    """No seal: written before checksums existed, or the run stopped between Orbax's rename and the seal.
+    Orbax renames a step into place only when it is complete, so it is restored (with a warning) and
+    sealed; an unsealed one that does not read is damage."""
+    _, states = _saved(tmp_path)
+    (tmp_path / "checkpoints" / "30" / checkpoints.SEAL).unlink()
+    with pytest.warns(RuntimeWarning, match=r"checkpoints/30 is restored unverified"):
+        state, _, _, step = checkpoints.Checkpoints(tmp_path).restore(_state(99))
+    assert step == 30 and checkpoints.verify(tmp_path / "checkpoints" / "30") is None
+    chex.assert_trees_all_equal(state.params, states[2].params)
+    (tmp_path / "checkpoints" / "30" / checkpoints.SEAL).unlink()
+    shutil.rmtree(tmp_path / "checkpoints" / "30" / "state")
+    with pytest.warns(RuntimeWarning, match=r"checkpoints/30 is damaged"):
+        assert checkpoints.Checkpoints(tmp_path).restore(_state(99))[3] == 20
+
+
+def test_readers_skip_damage_without_moving_it_and_an_intact_misfit_is_an_error(tmp_path):
+    _saved(tmp_path)
+    (tmp_path / "checkpoints" / "30" / "loop" / "metadata").write_text("{}")
+    reader = checkpoints.Checkpoints(tmp_path, use_async=False, read_only=True)
+    with pytest.warns(RuntimeWarning, match=r"checkpoints/30 is damaged .*skipped"):
+        assert reader.restore(_state(99))[3] == 20
+    assert (tmp_path / "checkpoints" / "30").is_dir() and not (tmp_path / checkpoints.DAMAGED).exists()
+    with pytest.raises(UserError, match=r"checkpoints/20 is intact but does not fit this run's model"):
+        checkpoints.Checkpoints(tmp_path, read_only=True).restore(_state(99, num_classes=7))
+    assert (tmp_path / "checkpoints" / "20").is_dir()
 
 
 def test_every_bit_flip_and_truncation_of_every_file_is_detected(tmp_path):
