@@ -441,7 +441,8 @@ def transfer_config(
     learning_rate: float = 1e-3,
     arch: str = "wide_resnet101_2",
 ) -> ml_collections.ConfigDict:
-    """The reference's transfer recipe (spec §2.7) for an ImageNet-pretrained ``arch``.
+    """The reference's transfer recipe for an ImageNet-pretrained ``arch`` (docs/SPINALNET.md, Transfer
+    learning).
 
     Every layer fine-tuned (``mode='full'``) with SGD momentum 0.9, no weight decay, ``learning_rate``
     x 0.1 every 7 epochs (StepLR(7, 0.1) stepped per epoch); images resized to 256 x 256, normalised

@@ -9,7 +9,7 @@ import jax
 
 log = logging.getLogger(__name__)
 
-# Variables whose presence (with more than one task) means a multi-process launch JAX can auto-detect.
+# Variables whose presence (with more than one process) means a multi-process launch JAX can auto-detect.
 _CLUSTER_SIZE_VARS = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 
 

@@ -18,7 +18,7 @@ cost (a fixed ~30 ms per program, then time growing with the program's size):
   seconds). The gradient pass's logits are the "jit" side of jit equals no-jit, against the forward op
   by op; the family's whole-model jit equals no-jit is test_imagenet_models.py's ResNet-18 case.
 
-Measured on a 2-core VM, the 16 ImageNet ResNet cases in one process (docs/perf_notes.md): 79.8 s with
+Measured on a 2-core VM, the 16 ImageNet ResNet cases in one process: 79.8 s with
 a whole-model jitted forward per case, 70.6 s with conftest's elemental emitters, 55.6 s with the
 op-by-op forward and the draws below.
 

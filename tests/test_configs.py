@@ -66,7 +66,7 @@ def test_config_loads_and_builds_its_model(name, head):
     assert model.dtype == (jnp.bfloat16 if config.dtype == "bfloat16" else None)
 
 
-def test_mnist_cnn_parameter_counts_match_the_spec():
+def test_mnist_cnn_parameter_counts_match_the_reference_design():
     """Spec §1.4: 21,840 parameters with the default head, 13,818 with the spinal head (w=8, k=6)."""
     for arg, expected in (("mnist_cnn.py", 21_840), ("mnist_cnn.py:spinal", 13_818)):
         config = load(arg)
@@ -174,14 +174,15 @@ def test_train_py_rejects_bad_config_on_the_command_line(tmp_path):
 @pytest.mark.parametrize(
     ("spec", "classes", "expected"),
     [
-        ("transfer_cifar10_wrn.py", 10, 84_170),  # spec §1.4: 84,010 + 2kw = 160 BatchNorm (dropout+BN)
+        ("transfer_cifar10_wrn.py", 10, 84_170),  # SPINALNET.md: 84,010 + 2kw = 160 BatchNorm
         ("transfer_cifar10_wrn.py:cifar10_jpeg", 10, 84_170),
-        ("transfer_stl10_wrn.py", 10, 2_910_218),  # spec §1.4, w=512 + BN
+        ("transfer_stl10_wrn.py", 10, 2_910_218),  # SPINALNET.md: w=512 + BN
         ("transfer_cifar100_wrn.py", 100, 2_910_218 + 4 * 512 * 90 + 90),
     ],
 )
 def test_transfer_configs_build_the_reference_heads(spec, classes, expected):
-    """The WRN-101-2 transfer recipes (spec §2.7): spinal head sizes, optimiser, StepLR(7, 0.1)."""
+    """The WRN-101-2 transfer recipes (docs/SPINALNET.md, Transfer learning): spinal head sizes,
+    optimiser, StepLR(7, 0.1)."""
     config = load(spec)
     config_lib.validate_config(config)
     assert (config.model.name, config.model.head) == ("wide_resnet101_2", "spinal")

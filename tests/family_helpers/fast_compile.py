@@ -1,8 +1,8 @@
 """``jax.jit`` compiled for fast compilation on XLA:CPU, for tests whose cost is mostly compiling.
 
 LLVM at -O0 and XLA:CPU's elemental emitters instead of its MLIR fusion emitters (which build an
-MLIRContext per fusion): a third to a half of the default compile time, slower code (measured in
-docs/perf_notes.md). Per program: nothing process-wide changes, and the numbers are
+MLIRContext per fusion): a third to a half of the default compile time, slower code (measured on the
+2-core CPU machine). Per program: nothing process-wide changes, and the numbers are
 checked against op-by-op execution (LLVM's default optimisation level) wherever it is used.
 """
 
