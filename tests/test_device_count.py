@@ -285,7 +285,8 @@ def _families() -> None:
         rel = float(np.abs(l1 - ln).max() / np.abs(l1).max())
         worst[name] = rel, abs(loss1 - lossn)
         print(
-            f"{name:16s} logits max|d|/max|l| = {rel:.2e}  loss {loss1:.5f} vs {lossn:.5f} ({time.time() - start:.0f} s)",
+            f"{name:16s} logits max|d|/max|l| = {rel:.2e}  loss {loss1:.5f} vs {lossn:.5f} "
+            f"({time.time() - start:.0f} s)",
             flush=True,
         )
     for name, (rel, dloss) in worst.items():
@@ -293,8 +294,14 @@ def _families() -> None:
     print("OK families")
 
 
-STEPS, GLOBAL_BATCH, EVAL_BATCH, LR = 50, 8, 16, 0.01
-LOGIT_TOL, LOSS_TOL = 1.0, 1.0
+# 50 SGD steps (momentum 0.9) of global batch 8 (2 per device). Float32 rounding differs between 1 and 4
+# devices (another summation order) and training amplifies it, more the less stable it is: measured, at
+# lr 0.01 mnist_cnn's logits differed by 2.3e-7 of their largest value, while vgg5 (dropout 0.5 on a
+# batch of 8) was unstable there (loss 2.3 -> 4-6) and its runs drifted apart by 44 %. Hence lr 0.002,
+# and bounds far above the stable families' rounding spread yet far below what one different dropout
+# mask or augmentation draw makes (an O(1) change of the logits).
+STEPS, GLOBAL_BATCH, EVAL_BATCH, LR = 50, 8, 16, 0.002
+LOGIT_TOL, LOSS_TOL = 1e-3, 1e-3
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO / "tests"))
