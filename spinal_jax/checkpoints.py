@@ -53,6 +53,11 @@ def state_to_host(state: Any) -> dict[str, Any]:
     return host
 
 
+def state_from_host(template: Any, host: dict[str, Any]) -> Any:
+    """``template`` (a TrainState) with the arrays of ``host`` (:func:`state_to_host`'s layout)."""
+    return serialization.from_state_dict(template, {"ema": {}, **host})
+
+
 def gather_json(obj: Any) -> list[Any]:
     """``obj`` from every process, in process order (a collective: every process must call it)."""
     if jax.process_count() == 1:
@@ -225,7 +230,7 @@ class Checkpoints:
                     raise UserError(_misfit(step_dir, err)) from err
                 self._set_aside(manager, step, f"{type(err).__name__}: {err}")
                 continue
-            state = serialization.from_state_dict(template, {"ema": {}, **restored.state})
+            state = state_from_host(template, restored.state)
             if not _all_finite(state):
                 self._set_aside(manager, step, "non-finite parameters")
                 continue

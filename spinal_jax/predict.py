@@ -50,7 +50,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import serialization
 from PIL import Image, UnidentifiedImageError
 
 from spinal_jax import build, checkpoints
@@ -102,7 +101,7 @@ def restore_step(ckpt: checkpoints.Checkpoints, template: Any, step: int) -> Any
             raise UserError(
                 f"Checkpoint {step_dir} cannot be restored onto the model of config.json ({str(err)[:200]})."
             ) from err
-        return serialization.from_state_dict(template, restored.state)
+        return checkpoints.state_from_host(template, restored.state)
     steps = sorted(set(ckpt.latest.all_steps()) | set(ckpt.best.all_steps()))
     raise UserError(
         f"{ckpt.workdir} has no checkpoint of step {step}; its steps: {steps or 'none'} "

@@ -123,6 +123,10 @@ def example_keys(rng: jax.Array, b: int, axis_name: str | None) -> jax.Array:
     return jax.lax.dynamic_slice_in_dim(keys, jax.lax.axis_index(axis_name) * b, b)
 
 
+def _device_rng(rng: jax.Array, axis_name: str | None) -> jax.Array:
+    return rng if axis_name is None else jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+
+
 def _loss_and_grads(
     state: TrainState, batch_stats: Any, images: jax.Array, labels: jax.Array, targets: jax.Array | None,
     dropout_rng: jax.Array, label_smoothing: float,
@@ -203,8 +207,8 @@ def train_step(
     images, labels, targets = batch["image"], batch["label"], None
     if options.augment is not None:
         images = options.augment(example_keys(aug_rng, images.shape[0], axis_name), images)
-    if options.mix is not None:
-        images, targets = options.mix(jax.random.fold_in(rng, 1), images, labels)
+    if options.mix is not None:  # pairs within each device's rows, so each device draws its own
+        images, targets = options.mix(_device_rng(jax.random.fold_in(rng, 1), axis_name), images, labels)
     if options.accum_steps > 1:
         (loss, logits, stats), grads = _accumulated(state, images, labels, targets, dropout_rng, options)
     else:

@@ -301,7 +301,8 @@ def test_device_augment_path(mnist_config):
     np.testing.assert_array_equal(host_free["image"], plain["image"])  # the host does not augment
     import jax
 
-    out = jax.jit(pipe.device_augment)(jax.random.key(0), host_free["image"])
+    keys = jax.random.split(jax.random.key(0), 100).reshape(1, 100)  # one key per image
+    out = jax.jit(pipe.device_augment)(keys, host_free["image"])
     assert out.shape == host_free["image"].shape and out.dtype == np.float32
     assert not np.allclose(np.asarray(out), host_free["image"])
     x, y = pipe.device_split("validation")
