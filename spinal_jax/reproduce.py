@@ -95,7 +95,7 @@ def _shared_data(folder: str) -> str:
 
 
 def cpu_suite() -> list[Comparison]:
-    """About an hour on an unloaded 2-core CPU machine (measured step rates in docs/RESULTS.md)."""
+    """About 1.5 h on a 2-core CPU machine shared with other work (measured in docs/RESULTS.md)."""
     return [
         Comparison("mnist_cnn", "configs/mnist_cnn.py", "MNIST", 10, note="paper recipe"),
         Comparison(
@@ -112,7 +112,10 @@ def cpu_suite() -> list[Comparison]:
             "Quick Draw (6 classes)",
             6,
             overrides={"num_epochs": 3},
-            note="shortened: 3 of 30 epochs (~1 s per VGG-5 step of 100 images on 2 CPU cores)",
+            note=(
+                "shortened: 3 of 30 epochs; one VGG-5 step of 100 images took 3-6 s on the shared "
+                "2-core machine, 6-14 min per epoch"
+            ),
             max_seeds=1,
         ),
     ]
