@@ -1,5 +1,6 @@
 """Re-evaluate a workdir's best (or latest) checkpoint: ``python -m spinal_jax.evaluate --workdir DIR
---split test``. Prints accuracy (top-1, top-5), mean loss and the example count as JSON."""
+--split test [--which latest] [--ema]``. Prints accuracy (top-1, top-5), mean loss and the example count
+as JSON."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jax
 from flax import jax_utils
 
 from spinal_jax import build, checkpoints, sources, steps
@@ -15,9 +17,15 @@ from spinal_jax.errors import UserError, run_cli
 
 
 def evaluate_workdir(
-    workdir: str | Path, split: str = "test", which: str = "best", pipeline: Any = None, model: Any = None
+    workdir: str | Path,
+    split: str = "test",
+    which: str = "best",
+    pipeline: Any = None,
+    model: Any = None,
+    ema: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate ``which`` ('best' | 'latest') checkpoint of ``workdir`` on every example of ``split``.
+    """Evaluate ``which`` ('best' | 'latest') checkpoint of ``workdir`` on every example of ``split``,
+    with its EMA weights and statistics when ``ema`` (a UserError when the run kept none).
 
     The run's ``config.json`` rebuilds its data pipeline and model (unless given).
     """
@@ -43,9 +51,16 @@ def evaluate_workdir(
     if restored is None:
         raise UserError(f"No readable checkpoint in {workdir}/best or {workdir}/checkpoints: train first.")
     state, _, _, step = restored
+    if ema:
+        if not jax.tree.leaves(state.ema):
+            raise UserError(
+                f"--ema: checkpoint step {step} holds no EMA weights (ema.decay was 0); drop --ema."
+            )
+        state = steps.ema_view(state)
     p_state = jax_utils.replicate(state)
     result = sources.evaluate_pipeline(steps.pmap_eval_step(), p_state, pipeline, split)
-    return {"workdir": str(workdir), "checkpoint_step": step, "split": split, **result}
+    weights = "ema" if ema else "params"
+    return {"workdir": str(workdir), "checkpoint_step": step, "weights": weights, "split": split, **result}
 
 
 def main() -> None:
@@ -54,12 +69,13 @@ def main() -> None:
     flags.DEFINE_string("workdir", None, "A training workdir.", required=True)
     flags.DEFINE_string("split", "test", "validation | test | train.")
     flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint.")
+    flags.DEFINE_bool("ema", False, "Evaluate the checkpoint's EMA weights (runs with config.ema.decay > 0).")
 
     def run(argv: list[str]) -> None:
         del argv
         logging.set_verbosity(logging.ERROR)  # Orbax logs every restore at INFO, read-only mode at WARNING
         f = flags.FLAGS
-        result = run_cli(lambda: evaluate_workdir(f.workdir, f.split, f.which))
+        result = run_cli(lambda: evaluate_workdir(f.workdir, f.split, f.which, ema=f.ema))
         print(json.dumps(result, indent=2))
 
     app.run(run)

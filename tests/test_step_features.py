@@ -14,7 +14,7 @@ import optax
 import pytest
 from flax import linen as nn
 
-from spinal_jax import build, checkpoints, steps, training
+from spinal_jax import build, checkpoints, evaluate, steps, training
 from spinal_jax import config as config_lib
 from spinal_jax.errors import UserError
 from tests.training_helpers.array_pipeline import ArrayPipeline
@@ -134,6 +134,11 @@ def test_ema_is_evaluated_checkpointed_and_resumed_exactly(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in rows if r["kind"] == "epoch"]
     assert len(epochs) == 2 and all("ema_validation_accuracy" in r and "ema_test_loss" in r for r in epochs)
+    pipe, model = ArrayPipeline(320, 100, 150, 32), TinyBNNet(bn_axis_name="batch")
+    again = evaluate.evaluate_workdir(tmp_path / "full", "test", "latest", pipe, model, ema=True)
+    assert again["weights"] == "ema" and again["accuracy"] == epochs[-1]["ema_test_accuracy"]
+    raw = evaluate.evaluate_workdir(tmp_path / "full", "test", "latest", pipe, model)
+    assert raw["accuracy"] == epochs[-1]["test_accuracy"]
     _run(tmp_path / "cut", **{"ema.decay": 0.8, "num_epochs": 2, "max_train_steps": 13})
     _run(tmp_path / "cut", **{"ema.decay": 0.8, "num_epochs": 2})
     a, b = checkpoints.final_state(tmp_path / "full"), checkpoints.final_state(tmp_path / "cut")
