@@ -74,10 +74,11 @@ def step_options(config: ml_collections.ConfigDict, pipe: Any, num_classes: int)
     (``data.augment_on='device'``), mixup/cutmix (``data.mixup_alpha`` / ``data.cutmix_alpha``), gradient
     accumulation (``optim.accum_steps``, which must divide the per-device batch) and the EMA (``ema``)."""
     accum = config.optim.accum_steps
-    if pipe.per_device_batch_size % accum:
+    per_device = per_device_batch_size(config.data.batch_size, jax.local_device_count(), jax.process_count())
+    if per_device % accum:
         raise UserError(
-            f"config.optim.accum_steps={accum} must divide the per-device batch "
-            f"({pipe.per_device_batch_size}): change --config.optim.accum_steps or --config.data.batch_size."
+            f"config.optim.accum_steps={accum} must divide the per-device batch ({per_device}): change "
+            "--config.optim.accum_steps or --config.data.batch_size."
         )
     data = config.data
     mix = None

@@ -43,7 +43,8 @@ def load(spec: str, *overrides: str):
 
 def test_every_config_file_is_tested():
     assert CONFIGS == [
-        "cifar100_cnn.py", "cifar10_cnn.py", "cifar_resnet.py", "cifar_vgg19.py", "imagenet_resnet50.py",
+        "cifar100_cnn.py", "cifar10_cnn.py", "cifar10_vgg_ema_mix.py", "cifar_resnet.py", "cifar_vgg19.py",
+        "imagenet_resnet50.py",
         "imagenet_spinal.py", "mnist_cnn.py", "mnist_vgg5.py", "mnist_vgg5_fast.py", "quickdraw_vgg5.py",
         "transfer_cifar100_wrn.py", "transfer_cifar10_wrn.py", "transfer_stl10_wrn.py",
     ]  # fmt: skip
