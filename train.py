@@ -8,13 +8,12 @@ host:port --num_processes N --process_id i`` to every process (or launch under S
 from __future__ import annotations
 
 import json
-import logging as std_logging
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from spinal_jax import config as config_lib
-from spinal_jax.errors import UserError, exit_with_message
+from spinal_jax.errors import UserError, cli_logging, exit_with_message
 
 FLAGS = flags.FLAGS
 config_lib.define_config_flag(FLAGS, sys.argv)
@@ -36,14 +35,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    # spinal_jax's own messages at INFO; other libraries (Orbax is chatty) at WARNING.
-    logging.set_verbosity(logging.WARNING)
-    handler = std_logging.StreamHandler()
-    handler.setFormatter(std_logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
-    package_log = std_logging.getLogger("spinal_jax")
-    package_log.setLevel(std_logging.INFO)
-    package_log.addHandler(handler)
-    package_log.propagate = False
+    cli_logging()
     from spinal_jax import distributed, training
 
     try:

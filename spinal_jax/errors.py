@@ -21,6 +21,22 @@ class UserError(ValueError):
     A ValueError, so callers that catch bad values keep working."""
 
 
+def cli_logging() -> None:
+    """Command-line logging: spinal_jax's own messages at INFO with a time stamp, other libraries' (absl,
+    Orbax: chatty) at WARNING."""
+    import logging
+
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+    package_log = logging.getLogger("spinal_jax")
+    package_log.setLevel(logging.INFO)
+    package_log.addHandler(handler)
+    package_log.propagate = False
+
+
 def exit_with_message(err: BaseException, prefix: str = "error") -> NoReturn:
     """Print ``prefix: message`` to stderr and exit 2 (re-raise when ``$SPINAL_TRACEBACK`` is set)."""
     if os.environ.get(TRACEBACK_ENV):

@@ -572,15 +572,9 @@ def list_runs(suite: str, comparisons: Sequence[Comparison], seeds: Sequence[int
 
 
 def _setup_logging() -> None:
-    from absl import logging as absl_logging
+    from spinal_jax.errors import cli_logging
 
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
-    package_log = logging.getLogger("spinal_jax")
-    package_log.setLevel(logging.INFO)
-    package_log.addHandler(handler)
-    package_log.propagate = False
+    cli_logging()
 
 
 def _compilation_cache(folder: Path) -> None:

@@ -112,12 +112,7 @@ def _config(**changes) -> ml_collections.ConfigDict:
     config.data = config_lib.data_config("mnist", batch_size=32)
     config.optim.name, config.optim.learning_rate, config.log_every_steps = "adam", 3e-3, 5
     config.tensorboard = False
-    for key, value in changes.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
+    config.update_from_flattened_dict(changes)
     return config
 
 

@@ -28,12 +28,7 @@ def _config(**changes) -> ml_collections.ConfigDict:
     config.optim.learning_rate = 3e-3
     config.log_every_steps = 4
     config.checkpoint_every_steps = 5
-    for key, value in changes.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    config.update_from_flattened_dict(changes)
     return config
 
 
