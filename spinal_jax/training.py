@@ -89,7 +89,6 @@ class Run:
     is_chief: bool
     compile_seconds: float | None = None
     bar: Any = None
-    profiling_since: int | None = None  # the step a running profiler trace started at
 
 
 @dataclasses.dataclass
@@ -104,6 +103,7 @@ class Progress:
     pending: list[dict[str, jax.Array]] = dataclasses.field(default_factory=list)
     held_best: tuple[Any, ...] | None = None
     plotted: tuple[float, int] = (0.0, 0)
+    profiling_since: int | None = None  # the step a running profiler trace started at
 
     def train_seconds(self) -> float:
         return self.carried_seconds + time.perf_counter() - self.started
@@ -154,7 +154,7 @@ def train_and_evaluate(
         try:
             status = train_loop(run, loop, progress, p_state)
         finally:
-            if run.profiling_since is not None:
+            if progress.profiling_since is not None:
                 jax.profiler.stop_trace()
             run.bar.close()
             run.ckpt.close()
@@ -241,7 +241,7 @@ def train_loop(run: Run, loop: LoopState, progress: Progress, p_state: Any) -> s
     profile = config_lib.profile_window(run.config.profile_steps)
     with _StopSignal() as stop:
         while loop.step < run.total_steps:
-            profile_switch(run, profile, loop.step, p_state)
+            profile_switch(run, progress, profile, loop.step, p_state)
             p_state, step_metrics = run.source.train(p_state, loop.step)
             progress.pending.append(step_metrics)
             loop.step += chunk
@@ -262,7 +262,7 @@ def train_loop(run: Run, loop: LoopState, progress: Progress, p_state: Any) -> s
                     run.ckpt.latest_dir,
                 )
                 return "interrupted"
-    profile_switch(run, profile, loop.step, p_state)
+    profile_switch(run, progress, profile, loop.step, p_state)
     if loop.step != progress.last_saved:
         save(run, loop, progress, p_state)  # a run cut short by max_train_steps
     if run.is_chief and progress.plotted[1] != len(loop.history):
@@ -270,20 +270,22 @@ def train_loop(run: Run, loop: LoopState, progress: Progress, p_state: Any) -> s
     return "finished"
 
 
-def profile_switch(run: Run, window: tuple[int, int] | None, step: int, p_state: Any) -> None:
+def profile_switch(
+    run: Run, progress: Progress, window: tuple[int, int] | None, step: int, p_state: Any
+) -> None:
     """Start a ``jax.profiler`` trace into ``<workdir>/profile`` when ``step`` enters the window
     ``[start, stop)`` and stop it (once the devices are done) when it leaves; process 0 only."""
     if window is None or not run.is_chief:
         return
     start, stop = window
-    if start <= step < stop and run.profiling_since is None:
+    if start <= step < stop and progress.profiling_since is None:
         jax.profiler.start_trace(str(run.workdir / "profile"))
-        run.profiling_since = step
+        progress.profiling_since = step
         log.info("Profiling from step %d to %d into %s", step, stop, run.workdir / "profile")
-    elif step >= stop and run.profiling_since is not None:
+    elif step >= stop and progress.profiling_since is not None:
         jax.block_until_ready(p_state)
         jax.profiler.stop_trace()
-        run.profiling_since = None
+        progress.profiling_since = None
 
 
 def flush_metrics(run: Run, loop: LoopState, progress: Progress) -> None:
