@@ -5,6 +5,7 @@ Layout inside a workdir::
     checkpoints/<step>/{state,data,loop,SHA256SUMS}   latest K (every N steps and every epoch end)
     best/<step>/{state,data,loop,SHA256SUMS}          the checkpoint with the best validation accuracy
     damaged/<kind>-<step>-<UTC time>/                 checkpoints that failed verification, moved aside
+    checkpoints/retired/, best/retired/              steps past K, renamed here (atomic), then removed
 
 Each checkpoint is an ``ocp.args.Composite`` of the unreplicated train state (host numpy arrays, so in a
 multi-process run the primary process writes them once), the data iterators' states (JSON, one entry per
@@ -15,7 +16,9 @@ it is named after.
 Once Orbax has finished a step, its files are hashed into ``SHA256SUMS`` inside the step folder (written
 atomically). A restore verifies every file first: a step without a seal (the run stopped while writing
 it) or with any mismatch is moved to ``damaged/`` with a warning naming it, and the previous step is
-tried; the retrained step is then saved in its place.
+tried; the retrained step is then saved in its place. A step past the latest K is first renamed into
+``retired/`` and removed from there, so a run killed while removing it never leaves a half-deleted step
+under its number.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from spinal_jax.errors import UserError
 log = logging.getLogger(__name__)
 SEAL = "SHA256SUMS"
 DAMAGED = "damaged"
+RETIRED = "retired"
 
 
 def state_to_host(state: Any) -> dict[str, Any]:
@@ -181,6 +185,7 @@ class Checkpoints:
                 manager.wait_until_finished()
                 if jax.process_index() == 0:
                     seal(Path(manager.directory) / str(step))
+                    shutil.rmtree(Path(manager.directory) / RETIRED, ignore_errors=True)
         except BaseException as err:  # re-raised in the main thread by wait()
             self._seal_error = err
 
@@ -299,6 +304,7 @@ def _options(max_to_keep: int, use_async: bool, read_only: bool = False) -> ocp.
         read_only=read_only,
         enable_async_checkpointing=use_async,
         cleanup_tmp_directories=not read_only,
+        todelete_subdir=RETIRED,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import shutil
+import warnings
 from pathlib import Path
 
 import chex
@@ -178,6 +179,26 @@ def test_save_stores_a_snapshot_of_the_loop_and_data_states(tmp_path):
     ckpt.wait()
     _, data_back, loop_back, step = checkpoints.Checkpoints(tmp_path).restore(_state(99))
     assert (step, loop_back, data_back) == (10, {"step": 10, "history": [{"epoch": 1}]}, {"position": 10})
+
+
+def test_steps_past_keep_are_retired_whole_so_a_kill_never_leaves_a_half_deleted_step(tmp_path, monkeypatch):
+    """A step past the latest K is renamed into ``retired/`` in one move and removed from there: with
+    the removal stopped (as a kill during it would), every numbered folder is still a whole checkpoint
+    and the retired one is complete; the next save clears ``retired/``."""
+    monkeypatch.setattr(checkpoints.shutil, "rmtree", lambda *args, **kwargs: None)
+    ckpt = checkpoints.Checkpoints(tmp_path, keep=2, use_async=False)
+    for step in (10, 20, 30):
+        ckpt.save(step, _state(step).replace(step=np.int32(step)), {"position": step}, {"step": step})
+    latest = tmp_path / "checkpoints"
+    assert sorted(p.name for p in latest.iterdir()) == ["20", "30", checkpoints.RETIRED]
+    assert checkpoints.verify(latest / checkpoints.RETIRED / "10") is None
+    assert all(checkpoints.verify(latest / name) is None for name in ("20", "30"))
+    monkeypatch.undo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert checkpoints.Checkpoints(tmp_path).restore(_state(99))[3] == 30
+    ckpt.save(40, _state(40).replace(step=np.int32(40)), {"position": 40}, {"step": 40})
+    assert sorted(p.name for p in latest.iterdir()) == ["30", "40"]
 
 
 def test_warm_start_takes_params_and_batch_stats_only(tmp_path):
