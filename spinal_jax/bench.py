@@ -5,6 +5,7 @@
     python -m spinal_jax.bench --config configs/imagenet_resnet50.py:spinal --config.data.batch_size=256
     python -m spinal_jax.bench --config configs/mnist_vgg5_fast.py:bf16,paper --modes tta --target 0.995
     python -m spinal_jax.bench --input_pipeline mnist
+    python -m spinal_jax.bench --config configs/mnist_vgg5.py:spinal --modes scan --config.num_seeds=8
 
 A workload is what ``train.py --config`` trains: a config file[:ARG] with ``--config.FIELD=VALUE`` overrides,
 read by the same ml_collections flag (:func:`spinal_jax.config.define_config_flag`). Its model and train
@@ -21,6 +22,9 @@ Modes (``--modes``, comma-separated):
         held on the device (the accelerator path: no per-step dispatch or host transfer);
   tta   time to accuracy: a whole training run (``training.train_and_evaluate``) of the config, in a
         temporary workdir unless ``--workdir`` is given.
+
+With ``--config.num_seeds=S`` the ``step`` and ``scan`` modes train S seed replicas in one program
+(each on its own batches); images/s then counts the images of all S.
 
 For ``step`` and ``scan`` it records images/s (median of ``--windows`` windows of ``--steps`` steps), step
 time, compile time, peak device memory, XLA's FLOP count of one step and the model FLOPs utilisation against
@@ -56,6 +60,7 @@ from ml_collections import config_flags
 
 from spinal_jax import build, steps
 from spinal_jax import config as config_lib
+from spinal_jax import workdir as workdir_lib
 from spinal_jax.errors import UserError, run_cli
 from spinal_jax.models import get_spec
 
@@ -200,12 +205,13 @@ def _scan_steps(
     return state, jax.tree.map(lambda m: m[-1], metrics)
 
 
-def _step_function(mode: str, label_smoothing: float) -> Any:
-    """The pmapped function a ``mode`` times: one train step, or a scanned epoch of them."""
+def _step_function(mode: str, label_smoothing: float, seeds: bool = False) -> Any:
+    """The pmapped function a ``mode`` times: one train step, or a scanned epoch of them; with
+    ``seeds``, of a stacked state of seed replicas, each on its own batches (``jax.vmap``)."""
     if mode == "step":
-        return steps.pmap_train_step(steps.StepOptions(label_smoothing=label_smoothing))
+        return steps.pmap_train_step(steps.StepOptions(label_smoothing=label_smoothing), seeds=seeds)
     scan = functools.partial(_scan_steps, label_smoothing=label_smoothing)
-    return jax.pmap(scan, axis_name=steps.AXIS, donate_argnums=(0,))
+    return jax.pmap(jax.vmap(scan) if seeds else scan, axis_name=steps.AXIS, donate_argnums=(0,))
 
 
 def synthetic_batches(
@@ -223,35 +229,46 @@ def synthetic_batches(
 def run_workload(
     config: ml_collections.ConfigDict, *, mode: str, steps_per_window: int, windows: int
 ) -> dict[str, Any]:
-    """Time ``config``'s train step in ``mode`` ('step' or 'scan') on one device; a JSON-able record."""
+    """Time ``config``'s train step in ``mode`` ('step' or 'scan') on one device; a JSON-able record.
+
+    With ``config.num_seeds`` S > 1, S seed replicas train in one program, each on its own batches;
+    images/s and FLOPs count the images of all replicas, ``step_ms`` is one step of all of them.
+    """
     if mode not in THROUGHPUT_MODES:
         raise UserError(f"Unknown mode {mode!r}: use one of {THROUGHPUT_MODES}.")
     num_classes, image_shape = workload_shape(config)
-    batch = config.data.batch_size
+    batch, num_seeds = config.data.batch_size, config.num_seeds
     model = build.build_model(config, num_classes)
-    state, _ = build.build_train_state(config, model, image_shape, steps_per_window, batch)
-    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
-    data = synthetic_batches(
-        config.seed, batch, image_shape, num_classes, steps_per_window if mode == "scan" else 0
-    )
+    states, batches = [], []
+    for r in range(num_seeds):
+        single = workdir_lib.replica_config(config, r)
+        states.append(build.build_train_state(single, model, image_shape, steps_per_window, batch)[0])
+        num_steps = steps_per_window if mode == "scan" else 0
+        batches.append(synthetic_batches(single.seed, batch, image_shape, num_classes, num_steps))
+    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(states[0].params))
+    state, data = (states[0], batches[0]) if num_seeds == 1 else map(steps.stack_replicas, (states, batches))
     p_state, p_data = jax_utils.replicate((state, data), devices=jax.local_devices()[:1])
-    function = _step_function(mode, config.label_smoothing)
+    function = _step_function(mode, config.label_smoothing, seeds=num_seeds > 1)
     start = time.perf_counter()
     compiled = function.lower(p_state, p_data).compile()
     compile_s = time.perf_counter() - start
-    one_batch = jax.tree.map(lambda a: a[:, 0], p_data) if mode == "scan" else p_data
-    flops_per_step = _step_flops(p_state, one_batch, config.label_smoothing)
+    one_state, one_batch = jax_utils.replicate((states[0], batches[0]), devices=jax.local_devices()[:1])
+    one_batch = jax.tree.map(lambda a: a[:, 0], one_batch) if mode == "scan" else one_batch
+    flops_per_step = _step_flops(one_state, one_batch, config.label_smoothing)
     calls = steps_per_window if mode == "step" else 1
-    rates, loss = _time_windows(compiled, p_state, p_data, calls, windows, batch * steps_per_window)
+    images = num_seeds * batch
+    rates, loss = _time_windows(compiled, p_state, p_data, calls, windows, images * steps_per_window)
+    flops = flops_per_step * num_seeds if flops_per_step else None
     return {
         "impl": "jax",
         "workload": workload_label(config),
         "mode": mode,
         "dtype": config.dtype,
         "batch": batch,
+        "num_seeds": num_seeds,
         "params": n_params,
         "compile_s": round(compile_s, 2),
-        **_throughput_figures(rates, batch, flops_per_step, config.dtype),
+        **_throughput_figures(rates, images, flops, config.dtype),
         "final_loss": loss,
     }
 
@@ -270,7 +287,7 @@ def _time_windows(
             p_state, metrics = compiled(p_state, p_data)
         jax.block_until_ready(metrics)
         rates.append(images_per_window / (time.perf_counter() - start))
-    return rates, float(metrics["loss"][0])
+    return rates, float(np.ravel(metrics["loss"][0])[0])
 
 
 def _throughput_figures(
@@ -452,6 +469,7 @@ def format_table(records: list[dict[str, Any]]) -> str:
         "mode",
         "dtype",
         "batch",
+        "num_seeds",
         "img_s_median",
         "step_ms",
         "compile_s",

@@ -208,8 +208,11 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
-    def restore(self, template: Any, which: str = "latest") -> tuple[Any, Any, dict[str, Any], int] | None:
-        """Newest usable checkpoint of ``which`` ('latest' | 'best') restored onto ``template``.
+    def restore(
+        self, template: Any, which: str = "latest", max_step: int | None = None
+    ) -> tuple[Any, Any, dict[str, Any], int] | None:
+        """Newest usable checkpoint of ``which`` ('latest' | 'best') restored onto ``template`` (of those
+        at most ``max_step``, when given).
 
         Returns ``(state, data_state_of_this_process, loop_state, step)`` or None when there is none.
         A checkpoint whose files differ from its seal, or that cannot be read, is moved to ``damaged/``
@@ -220,6 +223,8 @@ class Checkpoints:
         manager = self.latest if which == "latest" else self.best
         host_template = state_to_host(template)
         for step in sorted(manager.all_steps(), reverse=True):
+            if max_step is not None and step > max_step:
+                continue
             step_dir = Path(manager.directory) / str(step)
             problem = verify(step_dir)
             if problem is not None and problem != UNSEALED:

@@ -68,6 +68,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_epochs = 1
     c.max_train_steps = 0  # > 0: stop after this many steps (smoke runs, tests)
     c.seed = 0
+    # > 1: train this many models in one compiled program, replica r seeded as a run with seed + r and
+    # data.seed + r (its own initialisation, dropout, augmentation and data order); see docs/TRAINING.md.
+    c.num_seeds = 1
     c.dtype = "float32"  # compute dtype; parameters stay float32
     c.label_smoothing = 0.0
     c.optim = _optim_fields()
@@ -165,6 +168,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_choice(config.plateau.mode, "plateau.mode", PLATEAU_MODES)
     _check_positive(config.plateau.factor, "plateau.factor")
     _check_positive(config.num_epochs, "num_epochs")
+    _check_positive(config.num_seeds, "num_seeds")
     _check_positive(config.optim.learning_rate, "optim.learning_rate")
     _check_positive(config.optim.weight_decay, "optim.weight_decay", allow_zero=True)
     _check_positive(config.optim.lr_batch_reference, "optim.lr_batch_reference", allow_zero=True)

@@ -104,15 +104,18 @@ def current_learning_rate(opt_state: Any) -> jax.Array:
     return opt_state.hyperparams["learning_rate"]
 
 
-def set_learning_rate(opt_state: Any, lr: float) -> Any:
+def set_learning_rate(opt_state: Any, lr: float, replica: int | None = None) -> Any:
     """A copy of ``opt_state`` whose injected learning rate is ``lr`` (moments untouched).
 
-    Works on a replicated state too (the rate keeps its leading device axis).
+    Works on a replicated state too (the rate keeps its leading device axis). ``replica``: set only that
+    replica's rate of a state of stacked seed replicas (rates ``(devices, S)``).
     """
-    old = opt_state.hyperparams["learning_rate"]
-    hyper = dict(opt_state.hyperparams)
-    hyper["learning_rate"] = np.full(np.shape(old), lr, dtype=np.asarray(old).dtype)
-    return opt_state._replace(hyperparams=hyper)
+    rates = np.array(opt_state.hyperparams["learning_rate"])
+    if replica is None:
+        rates[...] = lr
+    else:
+        rates[:, replica] = lr
+    return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": rates})
 
 
 @dataclasses.dataclass

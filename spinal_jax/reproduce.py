@@ -76,16 +76,19 @@ class Comparison:
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One (comparison, head, seed) training run."""
+    """One (comparison, head, seed) training run: its results go to ``workdir``; it is trained by
+    ``train.py --workdir trained_in``, which is ``workdir`` itself, or, for seeds trained in parallel
+    (``config.num_seeds``), the shared workdir of which ``workdir`` is the ``seed<k>`` replica."""
 
     comparison: Comparison
     head: str
     seed: int
     workdir: Path
+    trained_in: Path
 
     @property
     def name(self) -> str:
-        return self.workdir.name
+        return f"{self.comparison.name}_{self.head}_seed{self.seed}"
 
 
 def _shared_data(folder: str) -> str:
@@ -195,17 +198,38 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def plan_runs(suite: str, comparisons: Sequence[Comparison], seeds: Sequence[int], root: Path) -> list[Run]:
-    """Every run of the suite, in training order: per comparison, per seed, both heads."""
+def plan_runs(
+    suite: str, comparisons: Sequence[Comparison], seeds: Sequence[int], root: Path, num_seeds: int = 1
+) -> list[Run]:
+    """Every run of the suite, in training order: per comparison, per group of up to ``num_seeds``
+    consecutive seeds trained together (:func:`seed_groups`), both heads, each seed of the group."""
     names = [c.name for c in comparisons]
     if len(set(names)) != len(names):
         raise UserError(f"Suite {suite!r} repeats a comparison name: {names}.")
     runs = []
     for c in comparisons:
-        for seed in seeds[: c.max_seeds or None]:
+        for group in seed_groups(seeds[: c.max_seeds or None], num_seeds):
             for head in HEADS:
-                runs.append(Run(c, head, seed, root / suite / f"{c.name}_{head}_seed{seed}"))
+                for seed in group:
+                    workdir = root / suite / f"{c.name}_{head}_seed{seed}"
+                    trained_in = workdir
+                    if len(group) > 1:
+                        trained_in = root / suite / f"{c.name}_{head}_seeds{group[0]}-{group[-1]}"
+                        workdir = trained_in / f"seed{seed}"
+                    runs.append(Run(c, head, seed, workdir, trained_in))
     return runs
+
+
+def seed_groups(seeds: Sequence[int], num_seeds: int) -> list[list[int]]:
+    """``seeds`` cut into runs of consecutive seeds (``k, k + 1, ...``; a replica of a parallel run
+    has seed ``seed + r``), each at most ``num_seeds`` long, in order."""
+    groups: list[list[int]] = []
+    for seed in seeds:
+        if groups and seed == groups[-1][-1] + 1 and len(groups[-1]) < num_seeds:
+            groups[-1].append(seed)
+        else:
+            groups.append([seed])
+    return groups
 
 
 def _config_path(path: str) -> Path:
@@ -308,41 +332,55 @@ def progress_line(i: int, run: Run, todo: Sequence[Run], walls: dict[str, float]
     )
 
 
-def train_run(run: Run, config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Train (or resume) one run in this process; returns ``train_and_evaluate``'s summary."""
+def train_runs(group: Sequence[Run], config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Train (or resume) the runs of one workdir in this process, ``config`` being the first's: one run,
+    or consecutive seeds in parallel (``config.num_seeds``); returns ``train_and_evaluate``'s summary."""
     from spinal_jax import training
 
-    pipeline = run.comparison.pipeline(config) if run.comparison.pipeline else None
-    return training.train_and_evaluate(config, run.workdir, pipeline=pipeline)
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.num_seeds = len(group)
+    first = group[0]
+    pipeline = first.comparison.pipeline(config) if first.comparison.pipeline else None
+    return training.train_and_evaluate(config, first.trained_in, pipeline=pipeline)
 
 
 def run_suite(
-    suite: str, comparisons: Sequence[Comparison], seeds: Sequence[int], root: Path, train: bool = True
+    suite: str,
+    comparisons: Sequence[Comparison],
+    seeds: Sequence[int],
+    root: Path,
+    train: bool = True,
+    num_seeds: int = 1,
 ) -> dict[str, Any] | None:
-    """Train every unfinished run (none when ``train`` is False), then write ``results.md`` /
-    ``results.json`` from the finished ones; returns the results (None when a signal interrupted a
-    run: rerun to resume)."""
-    runs = plan_runs(suite, comparisons, seeds, root)
+    """Train every unfinished run (none when ``train`` is False), up to ``num_seeds`` seeds of a model
+    and head at once, then write ``results.md`` / ``results.json`` from the finished ones; returns the
+    results (None when a signal interrupted a run: rerun to resume)."""
+    runs = plan_runs(suite, comparisons, seeds, root, num_seeds)
     (root / suite).mkdir(parents=True, exist_ok=True)
     walls_path = root / suite / "wall_seconds.json"
     walls = _load_walls(walls_path)
     accelerator = has_accelerator()
     configs = {r.name: build_config(r) for r in runs}
-    for i, run in enumerate(runs if train else [], 1):
-        if finished_summary(run, configs[run.name]) is not None:
-            print(f"[reproduce] run {i}/{len(runs)} {run.name}: finished earlier, skipped", flush=True)
+    groups: dict[Path, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.trained_in, []).append(run)
+    for group in groups.values() if train else []:
+        i, label = runs.index(group[0]) + 1, " + ".join(r.name for r in group)
+        if all(finished_summary(r, configs[r.name]) is not None for r in group):
+            print(f"[reproduce] run {i}/{len(runs)} {label}: finished earlier, skipped", flush=True)
             continue
-        if run.comparison.needs_accelerator and not accelerator:
-            print(f"[reproduce] run {i}/{len(runs)} {run.name}: needs a GPU, skipped", flush=True)
+        if group[0].comparison.needs_accelerator and not accelerator:
+            print(f"[reproduce] run {i}/{len(runs)} {label}: needs a GPU, skipped", flush=True)
             continue
         todo = [r for r in runs[i - 1 :] if accelerator or not r.comparison.needs_accelerator]
-        print(progress_line(i, run, todo, walls, runs), flush=True)
+        print(progress_line(i, group[0], todo, walls, runs), flush=True)
         start = time.perf_counter()
-        summary = train_run(run, configs[run.name])
+        summary = train_runs(group, configs[group[0].name])
         if summary.get("status") != "finished":
-            print(f"[reproduce] {run.name}: {summary.get('status')}; rerun the same command to resume.")
+            print(f"[reproduce] {label}: {summary.get('status')}; rerun the same command to resume.")
             return None
-        walls[run.name] = time.perf_counter() - start
+        for run in group:  # runs trained together share the wall time
+            walls[run.name] = (time.perf_counter() - start) / len(group)
         _save_walls(walls_path, walls)
     results = collect_results(suite, runs, configs, walls, accelerator)
     write_results(root / suite, results)
@@ -555,10 +593,12 @@ def write_results(folder: Path, results: dict[str, Any]) -> None:
     (folder / "results.md").write_text(format_markdown(results))
 
 
-def list_runs(suite: str, comparisons: Sequence[Comparison], seeds: Sequence[int], root: Path) -> list[str]:
+def list_runs(
+    suite: str, comparisons: Sequence[Comparison], seeds: Sequence[int], root: Path, num_seeds: int = 1
+) -> list[str]:
     """One line per planned run: its name, config, protocol and state (nothing is trained)."""
     lines = []
-    runs = plan_runs(suite, comparisons, seeds, root)
+    runs = plan_runs(suite, comparisons, seeds, root, num_seeds)
     for i, run in enumerate(runs, 1):
         config = build_config(run)
         state = "finished" if finished_summary(run, config) else "to train"
@@ -590,6 +630,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--suite", required=True, help=f"{sorted(SUITES)} or a .py file defining SUITE")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    parser.add_argument(
+        "--num-seeds",
+        type=int,
+        default=1,
+        help="train up to this many consecutive seeds of a model and head at once, in one program "
+        "(config.num_seeds; default 1: one run per seed)",
+    )
     parser.add_argument("--workdir", default="runs/reproduce", help="runs go to WORKDIR/<suite>/")
     parser.add_argument("--list", action="store_true", help="print the runs and exit without training")
     parser.add_argument(
@@ -597,14 +644,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     )
     args = parser.parse_args(argv)
     seeds = parse_seeds(args.seeds)
+    if args.num_seeds < 1:
+        raise UserError(f"--num-seeds={args.num_seeds}: give 1 or more.")
     name, comparisons = load_suite(args.suite)
     root = Path(args.workdir).resolve()
     if args.list:
-        print("\n".join(list_runs(name, comparisons, seeds, root)))
+        print("\n".join(list_runs(name, comparisons, seeds, root, args.num_seeds)))
         return None
     _setup_logging()
     _compilation_cache(root / name / "xla_cache")
-    results = run_suite(name, comparisons, seeds, root, train=not args.report)
+    results = run_suite(name, comparisons, seeds, root, train=not args.report, num_seeds=args.num_seeds)
     if results is not None:
         print((root / name / "results.md").read_text(), flush=True)
     return results

@@ -51,6 +51,8 @@ class ResidentData:
         sizes, ``mean``/``std``, ``device_augment``, process layout).
       splits: the splits to evaluate (non-empty ones), e.g. ``('validation', 'test')``.
       options: the train step's :class:`spinal_jax.steps.StepOptions` (augmentation runs on the device).
+      num_seeds: replicas of a stacked train state (:func:`spinal_jax.steps.stack_replicas`); replica
+        ``r`` reads the epoch order of data seed ``data.seed + r``, as a run of that seed alone would.
 
     It also stands in for the train iterator in checkpoints (``get_state`` / ``set_state``).
     """
@@ -60,6 +62,7 @@ class ResidentData:
         pipe: Any,
         splits: Sequence[str],
         options: steps.StepOptions = steps.PLAIN_STEP,
+        num_seeds: int = 1,
     ):
         local, processes, index = pipe.local_device_count, pipe.process_count, pipe.process_index
         if local != jax.local_device_count() or processes != jax.process_count():
@@ -69,6 +72,9 @@ class ResidentData:
             )
         self.pipe = pipe
         self.seed = int(pipe.config.seed)
+        self.num_seeds = num_seeds
+        seeds = np.arange(self.seed, self.seed + num_seeds, dtype=np.int32)
+        self._seeds = seeds if num_seeds > 1 else seeds[0]
         self.steps_per_epoch = pipe.steps_per_epoch
         self.num_train = pipe.num_examples["train"]
         self.splits = tuple(s for s in splits if pipe.num_examples.get(s, 0) > 0)
@@ -87,7 +93,7 @@ class ResidentData:
         )
 
         self._epoch = steps.pmap_train_epoch(
-            seed=self.seed,
+            seeds=num_seeds > 1,
             steps_per_epoch=self.steps_per_epoch,
             batch_size=pipe.per_device_batch_size,
             stride=pipe.global_batch_size // processes,
@@ -96,7 +102,10 @@ class ResidentData:
         )
         self._eval = (
             steps.pmap_eval_resident(
-                num_splits=len(self.splits), batch_size=pipe.per_device_eval_batch_size, **norm
+                seeds=num_seeds > 1,
+                num_splits=len(self.splits),
+                batch_size=pipe.per_device_eval_batch_size,
+                **norm,
             )
             if self.splits
             else None
@@ -173,15 +182,16 @@ class ResidentData:
         these executables.
         """
         start = time.perf_counter()
-        self._epoch.lower(p_state, self.train_data, self.offsets, np.int32(0)).compile()
+        self._epoch.lower(p_state, self.train_data, self.offsets, np.int32(0), self._seeds).compile()
         if self._eval is not None:
             self._eval.lower(p_state, self.eval_data).compile()
         return time.perf_counter() - start
 
     def train_epoch(self, p_state: Any, epoch: int) -> tuple[Any, dict[str, jax.Array]]:
         """Run epoch ``epoch`` (0-based); returns the new state (the old one is donated) and the per-step
-        metrics, each ``(local_devices, steps_per_epoch)``."""
-        p_state, metrics = self._epoch(p_state, self.train_data, self.offsets, np.int32(epoch))
+        metrics, each ``(local_devices, steps_per_epoch)`` (``(local_devices, S, steps_per_epoch)`` for
+        S seeds)."""
+        p_state, metrics = self._epoch(p_state, self.train_data, self.offsets, np.int32(epoch), self._seeds)
         self._step = (epoch + 1) * self.steps_per_epoch
         return p_state, metrics
 
@@ -193,48 +203,54 @@ class ResidentData:
         """The epoch that starts at ``step`` (a multiple of ``steps_per_epoch``); see :meth:`train_epoch`."""
         return self.train_epoch(p_state, step // self.steps_per_epoch)
 
-    def evaluate(self, p_state: Any) -> dict[str, dict[str, float]]:
-        """``{split: {accuracy, top5, loss, count}}`` over every example of each evaluated split (the
-        values :func:`spinal_jax.sources.evaluate_pipeline` gives)."""
+    def evaluate(self, p_state: Any) -> list[dict[str, dict[str, float]]]:
+        """Per replica, ``{split: {accuracy, top5, loss, count}}`` over every example of each evaluated
+        split (the values :func:`spinal_jax.sources.evaluate_pipeline` gives)."""
         if self._eval is None:
-            return {}
+            return [{} for _ in range(self.num_seeds)]
         sums = jax.device_get(self._eval(p_state, self.eval_data))
+        sums = {k: np.asarray(v[0]).reshape(self.num_seeds, len(self.splits)) for k, v in sums.items()}
+        return [self._results({k: v[r] for k, v in sums.items()}) for r in range(self.num_seeds)]
+
+    def _results(self, sums: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+        """``{split: {accuracy, top5, loss, count}}`` of one model's sums (each ``(num_splits,)``)."""
         out = {}
         for i, split in enumerate(self.splits):
-            count = int(round(float(sums["count"][0][i])))
+            count = int(round(float(sums["count"][i])))
             if count != self.pipe.num_examples[split]:
                 raise RuntimeError(
                     f"Evaluated {count} examples of {split!r}, the split has {self.pipe.num_examples[split]}."
                 )
             out[split] = {
-                "accuracy": float(sums["correct"][0][i]) / count,
-                "top5": float(sums["correct_top5"][0][i]) / count,
-                "loss": float(sums["loss_sum"][0][i]) / count,
+                "accuracy": float(sums["correct"][i]) / count,
+                "top5": float(sums["correct_top5"][i]) / count,
+                "loss": float(sums["loss_sum"][i]) / count,
                 "count": count,
             }
         return out
 
     # -- the data position, as checkpoints store it ------------------------------------------------------
-    def _identity(self) -> dict[str, Any]:
+    def _identity(self, replica: int) -> dict[str, Any]:
         p = self.pipe
         return {
             "mode": MODE,
             "dataset": p.config.name,
-            "seed": self.seed,
+            "seed": self.seed + replica,
             "global_batch_size": p.global_batch_size,
             "process_index": p.process_index,
             "process_count": p.process_count,
             "num_train_examples": self.num_train,
         }
 
-    def get_state(self) -> dict[str, Any]:
-        """JSON-serialisable: ``step`` (train steps done, a whole number of epochs) and ``epoch``."""
-        return {"step": self._step, "epoch": self._step // self.steps_per_epoch, **self._identity()}
+    def get_state(self, replica: int = 0) -> dict[str, Any]:
+        """JSON-serialisable: ``step`` (train steps done, a whole number of epochs) and ``epoch``, with
+        what identifies replica ``replica``'s data stream."""
+        return {"step": self._step, "epoch": self._step // self.steps_per_epoch, **self._identity(replica)}
 
-    def set_state(self, state: Mapping[str, Any]) -> None:
+    def set_state(self, state: Mapping[str, Any], replica: int = 0) -> None:
         """Continue after ``state['step']`` steps; a state of another data stream is a ValueError."""
         fix = "resume with the same data config (data.device_resident included), seed and process layout"
-        check_data_state(state, self._identity(), fix)
+        check_data_state(state, self._identity(replica), fix)
         step = int(state["step"])
         if step % self.steps_per_epoch:
             raise ValueError(

@@ -5,8 +5,10 @@
   (``config.data.device_resident=True``).
 
 Both offer ``steps_per_call``, ``compile(p_state)``, ``train(p_state, step) -> (p_state, metrics)``,
-``evaluate(p_state) -> {split: {accuracy, top5, loss, count}}`` and the ``get_state`` / ``set_state``
-pair that checkpoints store.
+``evaluate(p_state) -> [{split: {accuracy, top5, loss, count}}]`` (one dict per seed replica) and the
+``get_state(replica)`` / ``set_state(state, replica)`` pair that checkpoints store. With
+``config.num_seeds`` S > 1 the train state is S replicas stacked along a seed axis
+(:func:`spinal_jax.steps.stack_replicas`), trained in one program.
 """
 
 from __future__ import annotations
@@ -29,13 +31,27 @@ def evaluate_pipeline(p_eval: Callable[..., Any], p_state: Any, pipe: Any, split
     Raises a RuntimeError when the pipeline's batches do not hold exactly ``num_examples[split]``
     real examples.
     """
+    return evaluate_replicas(p_eval, p_state, pipe, split, num_seeds=1)[0]
+
+
+def evaluate_replicas(
+    p_eval: Callable[..., Any], p_state: Any, pipe: Any, split: str, num_seeds: int
+) -> list[dict[str, float]]:
+    """:func:`evaluate_pipeline` of each of ``num_seeds`` stacked replicas (``p_eval`` from
+    ``steps.pmap_eval_step(seeds=num_seeds > 1)``), one pass over the split for all of them."""
     totals = None
     for batch in pipe.eval_batches(split):
         sums = p_eval(p_state, batch)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     if totals is None:
         raise RuntimeError(f"The {split!r} split yielded no batches.")
-    totals = jax.tree.map(lambda x: float(np.asarray(x)[0]), jax.device_get(totals))
+    totals = {k: np.asarray(v[0], np.float64).reshape(num_seeds) for k, v in jax.device_get(totals).items()}
+    return [
+        _split_results({k: float(v[r]) for k, v in totals.items()}, pipe, split) for r in range(num_seeds)
+    ]
+
+
+def _split_results(totals: dict[str, float], pipe: Any, split: str) -> dict[str, float]:
     count = int(round(totals["count"]))
     expected = pipe.num_examples[split]
     if count != expected:
@@ -49,33 +65,49 @@ def evaluate_pipeline(p_eval: Callable[..., Any], p_state: Any, pipe: Any, split
 
 
 class HostData:
-    """The host pipeline's train iterator stepped one pmapped step at a time, and its evaluation."""
+    """The host pipeline's train iterator stepped one pmapped step at a time, and its evaluation.
+
+    With ``num_seeds`` S > 1 the state is stacked (:func:`spinal_jax.steps.stack_replicas`) and replica
+    ``r`` trains on its own stream, that of data seed ``data.seed + r`` (``pipe.train_iterator(r)``):
+    the batches of the S streams are stacked after the device axis.
+    """
 
     steps_per_call = 1
 
-    def __init__(self, pipe: Any, splits: Sequence[str], options: steps.StepOptions):
+    def __init__(self, pipe: Any, splits: Sequence[str], options: steps.StepOptions, num_seeds: int = 1):
         self.pipe = pipe
         self.splits = tuple(splits)
-        self._iterator = pipe.train_iterator()
-        self._train = steps.pmap_train_step(options)
-        self._eval = steps.pmap_eval_step()
+        self.num_seeds = num_seeds
+        stacked = num_seeds > 1
+        self._iterators = [pipe.train_iterator(r) for r in range(num_seeds)] if stacked else [
+            pipe.train_iterator()
+        ]  # fmt: skip
+        self._train = steps.pmap_train_step(options, seeds=stacked)
+        self._eval = steps.pmap_eval_step(seeds=stacked)
 
     def compile(self, p_state: Any) -> float | None:
         """Nothing ahead of time: the first step compiles (its time counts as training time)."""
         return None
 
     def train(self, p_state: Any, step: int) -> tuple[Any, dict[str, jax.Array]]:
-        """One step on the next batch; metrics are ``(local_devices,)`` scalars."""
-        return self._train(p_state, next(self._iterator))
+        """One step on the next batch; metrics are ``(local_devices,)`` scalars (``(local_devices, S)``)."""
+        if self.num_seeds == 1:
+            return self._train(p_state, next(self._iterators[0]))
+        batches = [next(it) for it in self._iterators]
+        return self._train(p_state, jax.tree.map(lambda *xs: np.stack(xs, axis=1), *batches))
 
-    def evaluate(self, p_state: Any) -> dict[str, dict[str, float]]:
-        return {split: evaluate_pipeline(self._eval, p_state, self.pipe, split) for split in self.splits}
+    def evaluate(self, p_state: Any) -> list[dict[str, dict[str, float]]]:
+        """Per replica, ``{split: {accuracy, top5, loss, count}}``."""
+        per_split = {
+            s: evaluate_replicas(self._eval, p_state, self.pipe, s, self.num_seeds) for s in self.splits
+        }
+        return [{s: per_split[s][r] for s in self.splits} for r in range(self.num_seeds)]
 
-    def get_state(self) -> dict[str, Any]:
-        return self._iterator.get_state()
+    def get_state(self, replica: int = 0) -> dict[str, Any]:
+        return self._iterators[replica].get_state()
 
-    def set_state(self, state: Mapping[str, Any]) -> None:
-        self._iterator.set_state(state)
+    def set_state(self, state: Mapping[str, Any], replica: int = 0) -> None:
+        self._iterators[replica].set_state(state)
 
 
 def eval_splits(config: ml_collections.ConfigDict, pipe: Any) -> list[str]:
@@ -90,7 +122,7 @@ def create_source(
     """The :class:`HostData` or device-resident source ``config.data`` asks for, training with ``options``."""
     splits = eval_splits(config, pipe)
     if not config.data.device_resident:
-        return HostData(pipe, splits, options)
+        return HostData(pipe, splits, options, config.num_seeds)
     if total_steps % pipe.steps_per_epoch:
         raise UserError(
             f"config.max_train_steps={config.max_train_steps}: device-resident runs train whole epochs; use "
@@ -98,4 +130,4 @@ def create_source(
         )
     from spinal_jax.resident import ResidentData
 
-    return ResidentData(pipe, splits, options)
+    return ResidentData(pipe, splits, options, config.num_seeds)

@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import linen as nn
 from flax import struct
@@ -257,15 +258,39 @@ def eval_step(state: TrainState, batch: Batch, *, axis_name: str | None = AXIS) 
     return sums
 
 
-def pmap_train_step(options: StepOptions = PLAIN_STEP) -> Callable[..., Any]:
-    """``train_step`` pmapped over the local devices; the replicated state is donated."""
+def pmap_train_step(options: StepOptions = PLAIN_STEP, seeds: bool = False) -> Callable[..., Any]:
+    """``train_step`` pmapped over the local devices; the replicated state is donated.
+
+    With ``seeds`` the state and the batch carry a seed axis after the device axis (``(devices, S,
+    ...)``, see :func:`stack_replicas`): S independent models, each trained on its own batch, in one
+    program (``jax.vmap``); the metrics come back ``(devices, S)``.
+    """
     step = functools.partial(train_step, options=options, axis_name=AXIS)
-    return jax.pmap(step, axis_name=AXIS, donate_argnums=(0,))
+    return jax.pmap(jax.vmap(step) if seeds else step, axis_name=AXIS, donate_argnums=(0,))
 
 
-def pmap_eval_step() -> Callable[..., Any]:
-    """``eval_step`` pmapped over the local devices."""
-    return jax.pmap(functools.partial(eval_step, axis_name=AXIS), axis_name=AXIS)
+def pmap_eval_step(seeds: bool = False) -> Callable[..., Any]:
+    """``eval_step`` pmapped over the local devices; with ``seeds``, every replica of a stacked state
+    on the same batch (sums ``(devices, S)``)."""
+    fn = functools.partial(eval_step, axis_name=AXIS)
+    return jax.pmap(jax.vmap(fn, in_axes=(0, None)) if seeds else fn, axis_name=AXIS)
+
+
+# -- Seed replicas: S models of one config, their arrays stacked along a leading seed axis ---------------
+
+
+def stack_replicas(trees: list[Any]) -> Any:
+    """The trees of S replicas as one tree (the first's structure and static fields, e.g. a train state's
+    ``apply_fn`` and ``tx``) whose leaves have a leading ``S`` axis."""
+    leaves = [jax.tree.leaves(tree) for tree in trees]
+    stacked = [np.stack([np.asarray(x) for x in same]) for same in zip(*leaves, strict=True)]
+    return jax.tree.unflatten(jax.tree.structure(trees[0]), stacked)
+
+
+def replica(tree: Any, index: int, num_seeds: int) -> Any:
+    """Replica ``index`` of a stacked ``tree`` (leading seed axis); ``tree`` itself when ``num_seeds``
+    is 1 (a single model is never stacked)."""
+    return tree if num_seeds == 1 else jax.tree.map(lambda x: x[index], tree)
 
 
 # -- Whole epochs over device-resident data (the accelerator path; see spinal_jax.resident) ---------------
@@ -309,8 +334,8 @@ def train_epoch(
     data: Batch,
     offset: jax.Array,
     epoch: jax.Array,
+    seed: jax.Array,
     *,
-    seed: int,
     steps_per_epoch: int,
     batch_size: int,
     stride: int,
@@ -323,11 +348,12 @@ def train_epoch(
     'label': (N,)}`` (the whole train split, on this device).
 
     Step ``k`` trains on positions ``[offset + k * stride, ... + batch_size)`` of
-    :func:`epoch_permutation` ``(seed, epoch, N)``: ``batch_size`` is the per-device batch, ``stride``
-    the per-process batch and ``offset`` this device's first position (see :class:`spinal_jax.resident.
-    ResidentData`). Each step is exactly ``train_step`` (same rng convention), so the final state equals
-    that of calling ``train_step`` on the same batches one by one. Returns the state and the per-step
-    metrics stacked along a leading ``steps_per_epoch`` axis.
+    :func:`epoch_permutation` ``(seed, epoch, N)`` (``seed``: the data seed, an int32 scalar):
+    ``batch_size`` is the per-device batch, ``stride`` the per-process batch and ``offset`` this
+    device's first position (see :class:`spinal_jax.resident.ResidentData`). Each step is exactly
+    ``train_step`` (same rng convention), so the final state equals that of calling ``train_step`` on
+    the same batches one by one. Returns the state and the per-step metrics stacked along a leading
+    ``steps_per_epoch`` axis.
     """
     perm = epoch_permutation(seed, epoch, data["label"].shape[0])
 
@@ -373,29 +399,34 @@ def eval_resident(
 
 
 @functools.lru_cache(maxsize=16)
-def pmap_train_epoch(**options: Any) -> Callable[..., Any]:
-    """:func:`train_epoch` with its keyword ``options`` (``seed``, ``steps_per_epoch``, ``batch_size``,
-    ``stride``, ``mean``, ``std``, ``options``) pmapped over the local devices:
-    ``fn(p_state, data, offsets, epoch)`` with ``data`` and ``offsets`` per device (leading axis) and
-    ``epoch`` an int32 scalar; the state is donated. Cached, so runs of the same shape in one process
-    share the compiled epoch."""
+def pmap_train_epoch(seeds: bool = False, **options: Any) -> Callable[..., Any]:
+    """:func:`train_epoch` with its keyword ``options`` (``steps_per_epoch``, ``batch_size``, ``stride``,
+    ``mean``, ``std``, ``options``) pmapped over the local devices: ``fn(p_state, data, offsets, epoch,
+    seed)`` with ``data`` and ``offsets`` per device (leading axis), ``epoch`` an int32 scalar and
+    ``seed`` the data seed, int32; the state is donated. With ``seeds``, ``p_state`` is stacked
+    (``(devices, S, ...)``) and ``seed`` is ``(S,)``: each replica trains its own epoch order on the
+    shared data. Cached, so runs of the same shape in one process share the compiled epoch."""
     fn = functools.partial(train_epoch, **options, axis_name=AXIS)
-    return jax.pmap(fn, axis_name=AXIS, in_axes=(0, 0, 0, None), donate_argnums=(0,))
+    if seeds:
+        fn = jax.vmap(fn, in_axes=(0, None, None, None, 0))
+    return jax.pmap(fn, axis_name=AXIS, in_axes=(0, 0, 0, None, None), donate_argnums=(0,))
 
 
 @functools.lru_cache(maxsize=16)
 def pmap_eval_resident(
     *,
+    seeds: bool = False,
     num_splits: int,
     batch_size: int,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
 ) -> Callable[..., Any]:
-    """:func:`eval_resident` pmapped over the local devices: ``fn(p_state, data)``."""
+    """:func:`eval_resident` pmapped over the local devices: ``fn(p_state, data)``; with ``seeds``, every
+    replica of a stacked state (sums ``(devices, S, num_splits)``)."""
     fn = functools.partial(
         eval_resident, num_splits=num_splits, batch_size=batch_size, mean=mean, std=std, axis_name=AXIS
     )
-    return jax.pmap(fn, axis_name=AXIS)
+    return jax.pmap(jax.vmap(fn, in_axes=(0, None)) if seeds else fn, axis_name=AXIS)
 
 
 # A copy, not a bare identity, so that no jaxpr-level forwarding can hand back the input arrays as they are.

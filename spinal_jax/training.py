@@ -6,9 +6,14 @@ validation and test splits are evaluated over every example, the plateau rule (i
 the monitored accuracy, and a checkpoint is written (:mod:`spinal_jax.checkpoints`). A restarted run
 resumes from the workdir's latest verified checkpoint.
 
-The loop's state is explicit: :class:`LoopState` (checkpointed with every save), :class:`Run` (set up
-once) and :class:`Progress` (host bookkeeping since this process started). Every function below takes
-them as arguments; none keeps state of its own.
+With ``config.num_seeds`` S > 1 the run trains S independently seeded models (:class:`Replica`) in
+one program: the train state is stacked along a seed axis (:func:`spinal_jax.steps.stack_replicas`),
+and each replica keeps the bookkeeping of a run of its own, in ``<workdir>/seed<k>``: loop state,
+checkpoints, metrics, plateau rule, curves and summary.
+
+The loop's state is explicit: one :class:`LoopState` per replica (checkpointed with every save),
+:class:`Run` (set up once) and :class:`Progress` (host bookkeeping since this process started). Every
+function below takes them as arguments; none keeps state of its own.
 """
 
 from __future__ import annotations
@@ -72,6 +77,18 @@ class LoopState:
 
 
 @dataclasses.dataclass
+class Replica:
+    """One of the run's ``config.num_seeds`` models, in a directory of its own (the workdir itself when
+    the run has one seed): its checkpoints, metrics writer and plateau rule."""
+
+    seed: int
+    workdir: Path
+    ckpt: checkpoints.Checkpoints
+    writer: metrics_lib.MetricWriter
+    plateau: optim.PlateauRule
+
+
+@dataclasses.dataclass
 class Run:
     """What one call of :func:`train_and_evaluate` sets up once."""
 
@@ -79,9 +96,7 @@ class Run:
     workdir: Path
     pipe: Any
     source: Any  # a spinal_jax.sources data source
-    ckpt: checkpoints.Checkpoints
-    writer: metrics_lib.MetricWriter
-    plateau: optim.PlateauRule
+    replicas: list[Replica]
     total_steps: int
     steps_per_epoch: int
     splits: list[str]
@@ -94,14 +109,14 @@ class Run:
 @dataclasses.dataclass
 class Progress:
     """Host bookkeeping of this process (not checkpointed): metrics not yet pulled from the devices,
-    the last saved step, a best epoch held for the next save, and the clocks."""
+    the last saved step, each replica's best epoch held for the next save, and the clocks."""
 
     started: float
     carried_seconds: float
     rate_since: tuple[float, int]
+    held_best: list[tuple[Any, ...] | None]
     last_saved: int | None = None
     pending: list[dict[str, jax.Array]] = dataclasses.field(default_factory=list)
-    held_best: tuple[Any, ...] | None = None
     plotted: tuple[float, int] = (0.0, 0)
     profiling_since: int | None = None  # the step a running profiler trace started at
 
@@ -129,7 +144,8 @@ def train_and_evaluate(
 
     Returns:
       The summary (see :func:`spinal_jax.metrics.summarize`) plus ``status``: 'finished' or
-      'interrupted' (a SIGTERM / Ctrl-C saved a checkpoint; rerun the same command to resume).
+      'interrupted' (a SIGTERM / Ctrl-C saved a checkpoint; rerun the same command to resume). With
+      several seeds: ``status``, ``step`` and timing, and ``replicas``, each replica's summary.
 
     Bad input (config, data, batch, workdir) raises :class:`spinal_jax.errors.UserError` before
     anything is written to ``workdir``.
@@ -150,83 +166,109 @@ def train_and_evaluate(
     with workdir_lib.WorkdirLock(workdir, enabled=is_chief):
         workdir_lib.prepare_workdir(config, workdir)
         _barrier("prepare_workdir")
-        run, loop, progress, p_state = setup(config, workdir, pipeline, model, num_classes)
+        run, loops, progress, p_state = setup(config, workdir, pipeline, model, num_classes)
         try:
-            status = train_loop(run, loop, progress, p_state)
+            status = train_loop(run, loops, progress, p_state)
         finally:
             if progress.profiling_since is not None:
                 jax.profiler.stop_trace()
             run.bar.close()
-            run.ckpt.close()
-            run.writer.close()
-    return write_summary(run, loop, progress, status)
+            for replica in run.replicas:
+                replica.ckpt.close()
+                replica.writer.close()
+    return write_summary(run, loops, progress, status)
 
 
 def setup(
     config: ml_collections.ConfigDict, workdir: Path, pipe: Any, model: Any, num_classes: int
-) -> tuple[Run, LoopState, Progress, Any]:
-    """The run's parts, the loop state (restored or fresh) and the replicated train state."""
+) -> tuple[Run, list[LoopState], Progress, Any]:
+    """The run's parts, each replica's loop state (restored or fresh) and the replicated train state."""
     spe = pipe.steps_per_epoch
     total_steps = config.num_epochs * spe
     if config.max_train_steps:
         total_steps = min(total_steps, config.max_train_steps)
-    state, base_lr = build.build_train_state(config, model, pipe.image_shape, spe, pipe.global_batch_size)
-    ckpt = checkpoints.Checkpoints(workdir, keep=config.keep_checkpoints, use_async=config.async_checkpoints)
     options = build.step_options(config, pipe, num_classes)
     source = sources.create_source(config, pipe, total_steps, options)
-    plateau = optim.PlateauRule(
-        base_lr, config.plateau.power, config.seed, mode=config.plateau.mode, factor=config.plateau.factor
-    )
-    loop, state, restored = restore_or_initialize(config, ckpt, source, plateau, model, state)
+    replicas, states = [], []
+    for index, path in enumerate(workdir_lib.replica_dirs(config, workdir)):
+        single = workdir_lib.replica_config(config, index)
+        state, base_lr = build.build_train_state(single, model, pipe.image_shape, spe, pipe.global_batch_size)
+        plateau = optim.PlateauRule(
+            base_lr, config.plateau.power, single.seed, mode=config.plateau.mode, factor=config.plateau.factor
+        )
+        ckpt = checkpoints.Checkpoints(path, keep=config.keep_checkpoints, use_async=config.async_checkpoints)
+        replicas.append(Replica(single.seed, path, ckpt, None, plateau))
+        states.append(state)
+    loops, states, restored = restore_or_initialize(config, replicas, source, model, states)
     is_chief = jax.process_index() == 0
-    writer = metrics_lib.MetricWriter(
-        workdir, enabled=is_chief, tensorboard=config.tensorboard, resume_step=loop.step
-    )
+    for replica, loop in zip(replicas, loops, strict=True):
+        replica.writer = metrics_lib.MetricWriter(
+            replica.workdir, enabled=is_chief, tensorboard=config.tensorboard, resume_step=loop.step
+        )
+    state = states[0] if config.num_seeds == 1 else steps.stack_replicas(states)
     p_state = steps.on_devices(jax_utils.replicate(state))  # as pmap outputs: no recompilation later
     compile_seconds = source.compile(p_state)
     if compile_seconds is not None:
         log.info("Compiled the epoch and the evaluation in %.1f s", compile_seconds)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total_steps, initial=loop.step, disable=not is_chief, unit="step", dynamic_ncols=True)
+    step = loops[0].step
+    bar = tqdm(total=total_steps, initial=step, disable=not is_chief, unit="step", dynamic_ncols=True)
     splits = sources.eval_splits(config, pipe)
-    run = Run(config, workdir, pipe, source, ckpt, writer, plateau, total_steps, spe, splits, num_classes,
-              is_chief, compile_seconds, bar)  # fmt: skip
+    run = Run(config, workdir, pipe, source, replicas, total_steps, spe, splits, num_classes, is_chief,
+              compile_seconds, bar)  # fmt: skip
     now = time.perf_counter()
     progress = Progress(
         started=now,
-        carried_seconds=loop.train_seconds,
-        rate_since=(now, loop.step),
-        last_saved=loop.step if restored else None,
-        plotted=(now, len(loop.history)),  # the first plot comes after PLOT_EVERY_SECONDS
+        carried_seconds=loops[0].train_seconds,
+        rate_since=(now, step),
+        held_best=[None] * len(replicas),
+        last_saved=step if restored else None,
+        plotted=(now, len(loops[0].history)),  # the first plot comes after PLOT_EVERY_SECONDS
     )
-    return run, loop, progress, p_state
+    return run, loops, progress, p_state
 
 
 def restore_or_initialize(
     config: ml_collections.ConfigDict,
-    ckpt: checkpoints.Checkpoints,
+    replicas: list[Replica],
     source: Any,
-    plateau: optim.PlateauRule,
     model: Any,
-    state: steps.TrainState,
-) -> tuple[LoopState, steps.TrainState, bool]:
-    """The newest verified checkpoint (loop, state, data position, plateau rule), else a fresh start
-    from ``state``, warm-started by ``config.init_from`` or ``config.pretrained``. The bool says
-    whether a checkpoint was restored."""
-    restored = ckpt.restore(state)
-    if restored is not None:
-        state, data_state, loop_json, step = restored
-        source.set_state(data_state)
-        loop = LoopState.from_json(loop_json)
-        plateau.load_state_dict(loop.plateau)
-        log.info("Resumed from %s/%d (epoch %d)", ckpt.latest_dir, step, step // source.pipe.steps_per_epoch)
-        return loop, state, True
+    states: list[steps.TrainState],
+) -> tuple[list[LoopState], list[steps.TrainState], bool]:
+    """Each replica's newest verified checkpoint (loop, state, data position, plateau rule), all at one
+    step, else a fresh start from ``states``, warm-started by ``config.init_from`` or
+    ``config.pretrained``. The bool says whether checkpoints were restored.
+
+    Replicas are saved one after another, so a run stopped between two saves has replicas at different
+    steps: all resume from the oldest of them (the steps trained again are the same).
+    """
+    found = [replica.ckpt.restore(state) for replica, state in zip(replicas, states, strict=True)]
+    common = min((x[3] if x is not None else 0) for x in found)
+    if any(x is not None and x[3] != common for x in found):
+        found = [
+            r.ckpt.restore(state, max_step=common) if common else None
+            for r, state in zip(replicas, states, strict=True)
+        ]
+    if any(x is None for x in found):
+        fresh = [_warm_start(config, model, state) for state in states]
+        return [LoopState() for _ in replicas], fresh, False
+    loops = []
+    for index, (replica, (_, data_state, loop_json, step)) in enumerate(zip(replicas, found, strict=True)):
+        source.set_state(data_state, index)
+        loops.append(LoopState.from_json(loop_json))
+        replica.plateau.load_state_dict(loops[-1].plateau)
+        epoch = step // source.pipe.steps_per_epoch
+        log.info("Resumed from %s/%d (epoch %d)", replica.ckpt.latest_dir, step, epoch)
+    return loops, [x[0] for x in found], True
+
+
+def _warm_start(config: ml_collections.ConfigDict, model: Any, state: steps.TrainState) -> steps.TrainState:
     if config.init_from:
-        state = checkpoints.load_params(config.init_from, state)
-    elif config.pretrained:
-        state = finetune.load_pretrained_state(config, model, state)
-    return LoopState(), state, False
+        return checkpoints.load_params(config.init_from, state)
+    if config.pretrained:
+        return finetune.load_pretrained_state(config, model, state)
+    return state
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -234,39 +276,42 @@ def restore_or_initialize(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def train_loop(run: Run, loop: LoopState, progress: Progress, p_state: Any) -> str:
+def train_loop(run: Run, loops: list[LoopState], progress: Progress, p_state: Any) -> str:
     """Train until ``run.total_steps`` or a stop signal; returns 'finished' or 'interrupted'."""
     chunk = run.source.steps_per_call
     stop_every = chunk if chunk > 1 else run.config.log_every_steps
     profile = config_lib.profile_window(run.config.profile_steps)
+    step = loops[0].step
     with _StopSignal() as stop:
-        while loop.step < run.total_steps:
-            profile_switch(run, progress, profile, loop.step, p_state)
-            p_state, step_metrics = run.source.train(p_state, loop.step)
+        while step < run.total_steps:
+            profile_switch(run, progress, profile, step, p_state)
+            p_state, step_metrics = run.source.train(p_state, step)
             progress.pending.append(step_metrics)
-            loop.step += chunk
+            step += chunk
+            for loop in loops:
+                loop.step = step
             run.bar.update(chunk)
-            if loop.step % run.config.log_every_steps == 0:
-                flush_metrics(run, loop, progress)
-            if loop.step % run.steps_per_epoch == 0:
-                p_state = end_epoch(run, loop, progress, p_state)
-            elif run.config.checkpoint_every_steps and loop.step % run.config.checkpoint_every_steps == 0:
-                save(run, loop, progress, p_state)
-            if _stop_agreed(stop, loop.step, stop_every):
-                if loop.step != progress.last_saved:
-                    save(run, loop, progress, p_state)
+            if step % run.config.log_every_steps == 0:
+                flush_metrics(run, loops, progress)
+            if step % run.steps_per_epoch == 0:
+                p_state = end_epoch(run, loops, progress, p_state)
+            elif run.config.checkpoint_every_steps and step % run.config.checkpoint_every_steps == 0:
+                save(run, loops, progress, p_state)
+            if _stop_agreed(stop, step, stop_every):
+                if step != progress.last_saved:
+                    save(run, loops, progress, p_state)
                 log.warning(
                     "Signal %s: saved step %d to %s; run the same command again to resume.",
                     stop.received,
-                    loop.step,
-                    run.ckpt.latest_dir,
+                    step,
+                    run.workdir,
                 )
                 return "interrupted"
-    profile_switch(run, progress, profile, loop.step, p_state)
-    if loop.step != progress.last_saved:
-        save(run, loop, progress, p_state)  # a run cut short by max_train_steps
-    if run.is_chief and progress.plotted[1] != len(loop.history):
-        plot(run, loop, progress)  # the epochs since the last plot
+    profile_switch(run, progress, profile, step, p_state)
+    if step != progress.last_saved:
+        save(run, loops, progress, p_state)  # a run cut short by max_train_steps
+    if run.is_chief and progress.plotted[1] != len(loops[0].history):
+        plot(run, loops, progress)  # the epochs since the last plot
     return "finished"
 
 
@@ -288,91 +333,126 @@ def profile_switch(
         progress.profiling_since = None
 
 
-def flush_metrics(run: Run, loop: LoopState, progress: Progress) -> None:
-    """Pull the pending step metrics to the host, stop on a non-finite loss, log their means."""
+def flush_metrics(run: Run, loops: list[LoopState], progress: Progress) -> None:
+    """Pull the pending step metrics to the host, stop on a non-finite loss, log each replica's means."""
     if not progress.pending:
         return
     host = jax.device_get(progress.pending)
     progress.pending = []
-    # Device 0's values, one per step: a step's metrics are scalars, a scanned epoch's (steps,).
-    series = {k: np.concatenate([np.atleast_1d(m[k][0]) for m in host]) for k in host[0]}
-    n = len(series["loss"])
-    _stop_on_non_finite(run, progress, series, first_step=loop.step - n + 1)
-    loss = float(np.mean(series["loss"]))
-    acc = float(np.mean(series["accuracy"]))
-    sums = loop.epoch_sums
-    loop.epoch_sums = [sums[0] + loss * n, sums[1] + acc * n, sums[2] + n]
+    step = loops[0].step
     now = time.perf_counter()
     since, since_step = progress.rate_since
-    rate = (loop.step - since_step) * run.pipe.global_batch_size / max(now - since, 1e-9)
-    progress.rate_since = (now, loop.step)
-    metrics = {
-        "loss": loss,
-        "accuracy": acc,
-        "learning_rate": float(series["learning_rate"][-1]),
-        "images_per_second": rate,
-    }
-    run.writer.write(loop.step, "train", metrics)
-    epoch = (loop.step - 1) // run.steps_per_epoch + 1
+    rate = (step - since_step) * run.pipe.global_batch_size / max(now - since, 1e-9)
+    progress.rate_since = (now, step)
+    means = []
+    for index, (replica, loop) in enumerate(zip(run.replicas, loops, strict=True)):
+        # Device 0's values, one per step: a step's metrics are scalars, a scanned epoch's (steps,).
+        mine = [steps.replica({k: v[0] for k, v in m.items()}, index, len(loops)) for m in host]
+        series = {k: np.concatenate([np.atleast_1d(m[k]) for m in mine]) for k in mine[0]}
+        n = len(series["loss"])
+        _stop_on_non_finite(run, replica, progress, series, first_step=step - n + 1)
+        loss = float(np.mean(series["loss"]))
+        acc = float(np.mean(series["accuracy"]))
+        sums = loop.epoch_sums
+        loop.epoch_sums = [sums[0] + loss * n, sums[1] + acc * n, sums[2] + n]
+        metrics = {
+            "loss": loss,
+            "accuracy": acc,
+            "learning_rate": float(series["learning_rate"][-1]),
+            "images_per_second": rate,
+        }
+        replica.writer.write(step, "train", metrics)
+        means.append((loss, acc))
+    loss, acc = np.mean(means, axis=0)
+    epoch = (step - 1) // run.steps_per_epoch + 1
     run.bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", acc=f"{acc:.4f}", img_s=f"{rate:.0f}")
 
 
-def _stop_on_non_finite(run: Run, progress: Progress, series: dict[str, np.ndarray], first_step: int) -> None:
+def _stop_on_non_finite(
+    run: Run, replica: Replica, progress: Progress, series: dict[str, np.ndarray], first_step: int
+) -> None:
     bad = np.flatnonzero(~(np.isfinite(series["loss"]) & np.isfinite(series["grad_norm"])))
     if not bad.size:
         return
     i = int(bad[0])
-    run.ckpt.wait()
+    for each in run.replicas:
+        each.ckpt.wait()
     if progress.last_saved is None:
         kept = "No checkpoint was written yet."
     else:
-        kept = f"The last good checkpoint (step {progress.last_saved}) is kept in {run.ckpt.latest_dir}."
+        kept = f"The last good checkpoint (step {progress.last_saved}) is kept in {replica.ckpt.latest_dir}."
+    which = f" of the replica with seed {replica.seed}" if len(run.replicas) > 1 else ""
     step = first_step + i
     raise FloatingPointError(
-        f"The training loss became {float(series['loss'][i])} (gradient norm "
+        f"The training loss{which} became {float(series['loss'][i])} (gradient norm "
         f"{float(series['grad_norm'][i])}) at step {step} (epoch {(step - 1) // run.steps_per_epoch + 1}). "
         f"Stopped. {kept} "
         "Lower --config.optim.learning_rate (or add warm-up), or check the data for NaN/inf."
     )
 
 
-def end_epoch(run: Run, loop: LoopState, progress: Progress, p_state: Any) -> Any:
-    """Evaluate, record the epoch, apply the plateau rule, save (or hold a best epoch); returns the
-    state (with a new learning rate when the plateau rule changed it)."""
-    flush_metrics(run, loop, progress)
-    record = epoch_record(run, loop, progress, p_state)
-    loop.history.append(record)
-    loop.epoch_sums = [0.0, 0.0, 0]
-    loop.epoch_start_seconds = record["train_seconds_total"]
-    run.writer.write(loop.step, "epoch", record)
-    if run.is_chief:
-        log.info("epoch %d: %s", record["epoch"], json.dumps(record))
-        if loop.step >= run.total_steps or time.perf_counter() - progress.plotted[0] >= PLOT_EVERY_SECONDS:
-            plot(run, loop, progress)
-    if run.config.plateau.enabled:
-        p_state = apply_plateau_rule(run, record, p_state)
-    val = record.get("validation_accuracy")
-    best = val is not None and (loop.best_validation is None or val > loop.best_validation)
-    if best:
-        loop.best_validation = val
-    if record["epoch"] % run.config.checkpoint_every_epochs == 0 or loop.step >= run.total_steps:
-        save(run, loop, progress, p_state, best=best)
-    elif best:
-        hold_best(run, loop, progress, p_state)
-    progress.rate_since = (time.perf_counter(), loop.step)  # img/s counts training time only
+def end_epoch(run: Run, loops: list[LoopState], progress: Progress, p_state: Any) -> Any:
+    """Evaluate every replica, record its epoch, apply its plateau rule, save (or hold a best epoch);
+    returns the state (with new learning rates where a plateau rule changed them)."""
+    flush_metrics(run, loops, progress)
+    results = run.source.evaluate(p_state)
+    ema_results = run.source.evaluate(steps.ema_view(p_state)) if run.config.ema.decay > 0 else None
+    rates = np.asarray(optim.current_learning_rate(p_state.opt_state))[0]
+    best = []
+    for index, (replica, loop) in enumerate(zip(run.replicas, loops, strict=True)):
+        lr = float(steps.replica(rates, index, len(loops)))
+        ema = None if ema_results is None else ema_results[index]
+        record = epoch_record(run, loop, progress, lr, results[index], ema)
+        loop.history.append(record)
+        loop.epoch_sums = [0.0, 0.0, 0]
+        loop.epoch_start_seconds = record["train_seconds_total"]
+        replica.writer.write(loop.step, "epoch", record)
+        if run.is_chief:
+            log.info("epoch %d%s: %s", record["epoch"], _named(run, replica), json.dumps(record))
+        if run.config.plateau.enabled:
+            p_state = apply_plateau_rule(run, index, record, p_state)
+        val = record.get("validation_accuracy")
+        best.append(val is not None and (loop.best_validation is None or val > loop.best_validation))
+        if best[-1]:
+            loop.best_validation = val
+    if run.is_chief and (
+        loops[0].step >= run.total_steps or time.perf_counter() - progress.plotted[0] >= PLOT_EVERY_SECONDS
+    ):
+        plot(run, loops, progress)
+    if (
+        loops[0].history[-1]["epoch"] % run.config.checkpoint_every_epochs == 0
+        or loops[0].step >= run.total_steps
+    ):
+        save(run, loops, progress, p_state, best=best)
+    else:
+        for index in np.flatnonzero(best):
+            hold_best(run, int(index), loops[index], progress, p_state)
+    progress.rate_since = (time.perf_counter(), loops[0].step)  # img/s counts training time only
     return p_state
 
 
-def epoch_record(run: Run, loop: LoopState, progress: Progress, p_state: Any) -> dict[str, Any]:
-    """The epoch's line of ``history``: train means, learning rate, each split's results, timing."""
+def _named(run: Run, replica: Replica) -> str:
+    return f" (seed {replica.seed})" if len(run.replicas) > 1 else ""
+
+
+def epoch_record(
+    run: Run,
+    loop: LoopState,
+    progress: Progress,
+    learning_rate: float,
+    results: dict[str, Any],
+    ema_results: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The epoch's line of ``history``: train means, learning rate, each split's results (and those of
+    the moving average, when the run keeps one), timing."""
     sums = loop.epoch_sums
     record: dict[str, Any] = {"epoch": loop.step // run.steps_per_epoch, "step": loop.step}
     if sums[2]:
         record.update(train_loss=sums[0] / sums[2], train_accuracy=sums[1] / sums[2])
-    record["learning_rate"] = float(np.asarray(optim.current_learning_rate(p_state.opt_state))[0])
-    _add_results(record, "", run.source.evaluate(p_state), run)
-    if run.config.ema.decay > 0:  # the moving average, evaluated beside the trained weights
-        _add_results(record, "ema_", run.source.evaluate(steps.ema_view(p_state)), run)
+    record["learning_rate"] = learning_rate
+    _add_results(record, "", results, run)
+    if ema_results is not None:  # the moving average, evaluated beside the trained weights
+        _add_results(record, "ema_", ema_results, run)
     total = progress.train_seconds()
     record.update(epoch_seconds=total - loop.epoch_start_seconds, train_seconds_total=total)
     if run.compile_seconds is not None:
@@ -388,15 +468,19 @@ def _add_results(record: dict[str, Any], prefix: str, results: dict[str, Any], r
             record[f"{prefix}{split}_top5"] = results[split]["top5"]
 
 
-def apply_plateau_rule(run: Run, record: dict[str, Any], p_state: Any) -> Any:
-    """The state with the learning rate the plateau rule picks after this epoch (unchanged if none)."""
+def apply_plateau_rule(run: Run, index: int, record: dict[str, Any], p_state: Any) -> Any:
+    """The state with the learning rate replica ``index``'s plateau rule picks after this epoch
+    (unchanged if none)."""
     monitored = record.get(f"{run.config.plateau.monitor}_accuracy")
     if monitored is None:
         raise ValueError(f"config.plateau.monitor={run.config.plateau.monitor!r} but that split is empty.")
-    new_lr = run.plateau.update(monitored, record["learning_rate"])
+    new_lr = run.replicas[index].plateau.update(monitored, record["learning_rate"])
     if new_lr is None:
         return p_state
-    return steps.on_devices(p_state.replace(opt_state=optim.set_learning_rate(p_state.opt_state, new_lr)))
+    which = index if len(run.replicas) > 1 else None
+    return steps.on_devices(
+        p_state.replace(opt_state=optim.set_learning_rate(p_state.opt_state, new_lr, which))
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -404,40 +488,65 @@ def apply_plateau_rule(run: Run, record: dict[str, Any], p_state: Any) -> Any:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def save(run: Run, loop: LoopState, progress: Progress, p_state: Any, best: bool = False) -> None:
-    """Checkpoint the current step (a snapshot of everything; the write itself may be asynchronous)."""
-    flush_metrics(run, loop, progress)
-    loop.plateau = run.plateau.state_dict()
-    loop.train_seconds = progress.train_seconds()
-    if progress.held_best is not None and not best:  # a better epoch since the last save goes to best/
-        run.ckpt.save(*progress.held_best, best=True, latest=False)
-    progress.held_best = None
+def save(
+    run: Run, loops: list[LoopState], progress: Progress, p_state: Any, best: list[bool] | None = None
+) -> None:
+    """Checkpoint every replica at the current step (``best[r]``: also as replica ``r``'s best); a
+    snapshot of everything, the writes themselves may be asynchronous."""
+    flush_metrics(run, loops, progress)
+    best = best or [False] * len(loops)
     state = jax_utils.unreplicate(p_state)
-    run.ckpt.save(loop.step, state, run.source.get_state(), loop.to_json(), best=best)
-    progress.last_saved = loop.step
+    for index, (replica, loop) in enumerate(zip(run.replicas, loops, strict=True)):
+        loop.plateau = replica.plateau.state_dict()
+        loop.train_seconds = progress.train_seconds()
+        held = progress.held_best[index]
+        if held is not None and not best[index]:  # a better epoch since the last save goes to best/
+            replica.ckpt.save(*held, best=True, latest=False)
+        progress.held_best[index] = None
+        mine = steps.replica(state, index, len(loops))
+        replica.ckpt.save(loop.step, mine, run.source.get_state(index), loop.to_json(), best=best[index])
+    progress.last_saved = loops[0].step
 
 
-def hold_best(run: Run, loop: LoopState, progress: Progress, p_state: Any) -> None:
-    """Keep a best epoch that is not due for a checkpoint on the host; the next save writes it."""
-    loop.plateau = run.plateau.state_dict()
+def hold_best(run: Run, index: int, loop: LoopState, progress: Progress, p_state: Any) -> None:
+    """Keep replica ``index``'s best epoch, not due for a checkpoint, on the host; the next save writes it."""
+    replica = run.replicas[index]
+    loop.plateau = replica.plateau.state_dict()
     loop.train_seconds = progress.train_seconds()
-    host_state = jax.device_get(jax_utils.unreplicate(p_state))
-    progress.held_best = (loop.step, host_state, run.source.get_state(), loop.to_json())
+    host_state = jax.device_get(steps.replica(jax_utils.unreplicate(p_state), index, len(run.replicas)))
+    progress.held_best[index] = (loop.step, host_state, run.source.get_state(index), loop.to_json())
 
 
-def plot(run: Run, loop: LoopState, progress: Progress) -> None:
-    metrics_lib.plot_learning_curves(loop.history, run.workdir / "learning_curves.png", run.config.model.name)
-    progress.plotted = (time.perf_counter(), len(loop.history))
+def plot(run: Run, loops: list[LoopState], progress: Progress) -> None:
+    for replica, loop in zip(run.replicas, loops, strict=True):
+        metrics_lib.plot_learning_curves(
+            loop.history,
+            replica.workdir / "learning_curves.png",
+            run.config.model.name + _named(run, replica),
+        )
+    progress.plotted = (time.perf_counter(), len(loops[0].history))
 
 
-def write_summary(run: Run, loop: LoopState, progress: Progress, status: str) -> dict[str, Any]:
-    """The run's summary; written to ``summary.json`` (process 0) when the run finished."""
-    summary = metrics_lib.summarize(loop.history)
-    summary.update(status=status, step=loop.step, workdir=str(run.workdir))
-    summary.update(train_seconds_total=progress.train_seconds(), compile_seconds=run.compile_seconds)
+def write_summary(run: Run, loops: list[LoopState], progress: Progress, status: str) -> dict[str, Any]:
+    """The run's summary; written to ``summary.json`` (process 0) when the run finished. With several
+    seeds each replica's goes to its directory, and the run's (without histories) to the workdir."""
+    timing = dict(train_seconds_total=progress.train_seconds(), compile_seconds=run.compile_seconds)
+    summaries = []
+    for replica, loop in zip(run.replicas, loops, strict=True):
+        summary = metrics_lib.summarize(loop.history)
+        summary.update(status=status, step=loop.step, workdir=str(replica.workdir), **timing)
+        if len(run.replicas) > 1:
+            summary["seed"] = replica.seed
+        if run.is_chief and status == "finished":
+            text = json.dumps({**summary, "history": loop.history}, indent=2)
+            (replica.workdir / "summary.json").write_text(text)
+            log.info("Summary%s: %s", _named(run, replica), json.dumps(summary))
+        summaries.append(summary)
+    if len(run.replicas) == 1:
+        return summaries[0]
+    summary = dict(status=status, step=loops[0].step, workdir=str(run.workdir), **timing, replicas=summaries)
     if run.is_chief and status == "finished":
-        (run.workdir / "summary.json").write_text(json.dumps({**summary, "history": loop.history}, indent=2))
-        log.info("Summary: %s", json.dumps(summary))
+        (run.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -486,4 +595,4 @@ def _barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-__all__ = ["LoopState", "Progress", "Run", "train_and_evaluate"]
+__all__ = ["LoopState", "Progress", "Replica", "Run", "train_and_evaluate"]

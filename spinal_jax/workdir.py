@@ -1,7 +1,10 @@
 """A run's directory: checked before anything is written, its config stored, one trainer at a time.
 
 ``prepare_workdir`` refuses a path that is a file, not writable, or that holds a run of another config
-(unless ``config.overwrite``), and then stores ``config.json``. :class:`WorkdirLock` holds an exclusive
+(unless ``config.overwrite``), and then stores ``config.json``. A run of ``config.num_seeds`` S > 1
+replicas keeps each in ``<workdir>/seed<k>`` (``k = config.seed + r``), a workdir of its own holding the
+config of a run of that seed alone, so ``evaluate``, ``predict`` and a later single-seed run read it as
+they read any run. :class:`WorkdirLock` holds an exclusive
 ``flock`` on ``<workdir>/.lock`` for the whole run; the lock file names the holder (host, pid), and a
 lock left by a process that died is taken over with a warning.
 """
@@ -61,12 +64,39 @@ def config_differences(stored: ml_collections.ConfigDict, current: ml_collection
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
+def replica_config(config: ml_collections.ConfigDict, index: int) -> ml_collections.ConfigDict:
+    """The config of a run of replica ``index`` alone: ``seed + index``, ``data.seed + index``, one seed."""
+    single = ml_collections.ConfigDict(config.to_dict())
+    single.seed = config.seed + index
+    single.data.seed = config.data.seed + index
+    single.num_seeds = 1
+    return single
+
+
+def replica_dirs(config: ml_collections.ConfigDict, workdir: Path) -> list[Path]:
+    """Where each replica's checkpoints and metrics go: ``[workdir]`` for one seed, else
+    ``workdir/seed<k>`` for ``k`` in ``seed .. seed + num_seeds - 1``."""
+    if config.num_seeds == 1:
+        return [workdir]
+    return [workdir / f"seed{config.seed + r}" for r in range(config.num_seeds)]
+
+
 def prepare_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
     """Store the config as ``config.json``; refuse a workdir holding a run of a different config.
 
     With ``config.overwrite`` the old run's checkpoints and logs are removed instead (moved-aside
-    ``damaged/`` checkpoints stay). Process 0 writes; call it after :func:`ensure_writable`.
+    ``damaged/`` checkpoints stay). Process 0 writes; call it after :func:`ensure_writable`. With
+    several seeds each replica directory is prepared the same way with :func:`replica_config`.
     """
+    _prepare_one(config, workdir)
+    if config.num_seeds > 1:
+        for index, path in enumerate(replica_dirs(config, workdir)):
+            if jax.process_index() == 0:
+                ensure_writable(path)
+            _prepare_one(replica_config(config, index), path)
+
+
+def _prepare_one(config: ml_collections.ConfigDict, workdir: Path) -> None:
     path = workdir / "config.json"
     if path.exists():
         try:

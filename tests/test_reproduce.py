@@ -173,6 +173,38 @@ def test_table_matches_numbers_computed_from_the_summaries(suite_runs: dict, key
     assert "jaxlib" in table and "Commit" in table
 
 
+def test_parallel_seeds_train_each_head_once_and_agree_with_the_runs_of_each_seed(
+    suite_runs: dict, tmp_path: Path
+) -> None:
+    """``--num-seeds 2``: seeds 0 and 1 of each head in one program (``mnist_cnn_<head>_seeds0-1/``, one
+    ``seed<k>/`` replica each); every run's results agree with the run of its seed alone up to float32
+    noise (at most one of the 200 test images), and the table aggregates the same two seeds."""
+    suite_file = tmp_path / "tiny.py"
+    suite_file.write_text(SUITE_FILE)
+    cmd = [sys.executable, "-m", "spinal_jax.reproduce", "--suite", str(suite_file), "--seeds", "0,1"]
+    cmd += ["--num-seeds", "2", "--workdir", str(tmp_path / "runs")]
+    proc = subprocess.run(cmd, cwd=REPO, timeout=900, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stdout.count("ETA") == 2  # one training per head
+    folder = tmp_path / "runs" / "tiny"
+    for head in ("default", "spinal"):
+        for seed in (0, 1):
+            path = folder / f"mnist_cnn_{head}_seeds0-1" / f"seed{seed}" / "summary.json"
+            mine = json.loads(path.read_text())
+            alone = json.loads(suite_runs["done"][f"mnist_cnn_{head}_seed{seed}"][0])
+            for key in ("test_at_best_validation", "max_test_over_epochs"):
+                assert abs(mine[key] - alone[key]) <= 1 / 200, (head, seed, key, mine[key], alone[key])
+    (entry,) = json.loads((folder / "results.json").read_text())["comparisons"]
+    assert all(entry["rows"][head]["seeds"] == [0, 1] for head in ("default", "spinal"))
+
+
+def test_seed_groups_are_consecutive_seeds_of_at_most_num_seeds() -> None:
+    assert reproduce.seed_groups([0, 1, 2, 3, 4], 2) == [[0, 1], [2, 3], [4]]
+    assert reproduce.seed_groups([0, 1, 2], 8) == [[0, 1, 2]]
+    assert reproduce.seed_groups([0, 2, 3, 7], 4) == [[0], [2, 3], [7]]
+    assert reproduce.seed_groups([5, 4], 2) == [[5], [4]]
+
+
 def test_list_prints_every_run_and_trains_nothing(tmp_path: Path) -> None:
     suite_file = tmp_path / "tiny.py"
     suite_file.write_text(SUITE_FILE)

@@ -118,7 +118,7 @@ def test_scanned_eval_counts_every_example_once_and_equals_evaluate(pipe, scanne
     data, p_state = scanned["data"], scanned["p_state"]
     split_ids = np.asarray(data.eval_data["split"]).reshape(-1)
     assert np.bincount(split_ids + 1).tolist() == [20, 150, 130]
-    results = data.evaluate(p_state)
+    [results] = data.evaluate(p_state)
     assert set(results) == {"validation", "test"}
     for split in ("validation", "test"):
         host = sources.evaluate_pipeline(steps.pmap_eval_step(), p_state, pipe, split)

@@ -40,8 +40,8 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     pipe = _pipe()
     good = pipe.train_batch
 
-    def poisoned(step):  # the 8th batch (loop step 8) holds a NaN pixel
-        batch = good(step)
+    def poisoned(step, seed_offset=0):  # the 8th batch (loop step 8) holds a NaN pixel
+        batch = good(step, seed_offset)
         if step == 7:
             batch["image"] = batch["image"].copy()
             batch["image"][0, 0, 0, 0, 0] = np.nan

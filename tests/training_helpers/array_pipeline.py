@@ -15,15 +15,16 @@ from tests.training_helpers.mnist_idx import load_mnist
 
 
 class _Iterator:
-    def __init__(self, pipe: ArrayPipeline):
+    def __init__(self, pipe: ArrayPipeline, seed_offset: int = 0):
         self.pipe = pipe
+        self.seed_offset = seed_offset
         self.step = 0
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        batch = self.pipe.train_batch(self.step)
+        batch = self.pipe.train_batch(self.step, self.seed_offset)
         self.step += 1
         return batch
 
@@ -62,9 +63,10 @@ class ArrayPipeline:
         self.seed = seed
         self.eval_batch_size = eval_batch_size
 
-    def train_batch(self, step: int) -> dict[str, np.ndarray]:
+    def train_batch(self, step: int, seed_offset: int = 0) -> dict[str, np.ndarray]:
         epoch, k = divmod(step, self.steps_per_epoch)
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples["train"])
+        rng = np.random.default_rng([self.seed + seed_offset, epoch])
+        order = rng.permutation(self.num_examples["train"])
         idx = order[k * self.global_batch_size : (k + 1) * self.global_batch_size]
         idx = idx[jax.process_index() * self.local_batch : (jax.process_index() + 1) * self.local_batch]
         return self._shard({"image": self.train[0][idx], "label": self.train[1][idx]})
@@ -72,8 +74,9 @@ class ArrayPipeline:
     def _shard(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {k: v.reshape(self.devices, -1, *v.shape[1:]) for k, v in batch.items()}
 
-    def train_iterator(self) -> _Iterator:
-        return _Iterator(self)
+    def train_iterator(self, seed_offset: int = 0) -> _Iterator:
+        """The batches of data seed ``seed + seed_offset`` (a replica's stream in a multi-seed run)."""
+        return _Iterator(self, seed_offset)
 
     def eval_batches(self, split: str):
         images, labels = self.splits[split]

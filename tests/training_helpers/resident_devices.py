@@ -56,7 +56,6 @@ images, labels = pipe.device_split("train", normalize=False)
 one = jax.jit(
     functools.partial(
         steps.train_epoch,
-        seed=pipe.config.seed,
         steps_per_epoch=spe,
         batch_size=BATCH,
         stride=BATCH,
@@ -67,7 +66,8 @@ one = jax.jit(
 )
 ref_metrics = []
 for epoch in range(EPOCHS):
-    ref_state, m = one(ref_state, {"image": images, "label": labels}, np.int32(0), np.int32(epoch))
+    batch = {"image": images, "label": labels}
+    ref_state, m = one(ref_state, batch, np.int32(0), np.int32(epoch), np.int32(pipe.config.seed))
     ref_metrics.append(jax.device_get(m))
 
 got = jax_utils.unreplicate(p_state)
@@ -90,7 +90,7 @@ pairs = zip(jax.tree.leaves(got.params), jax.tree.leaves(par_state.params), stri
 assert max(float(np.abs(a - b).max()) for a, b in pairs) > 1e-4  # it trained
 
 # Evaluation: the resident sums equal those of the per-batch evaluate() over the host pipeline.
-resident_results = data.evaluate(p_state)
+[resident_results] = data.evaluate(p_state)
 for split in ("validation", "test"):
     host = sources.evaluate_pipeline(steps.pmap_eval_step(), p_state, pipe, split)
     mine = resident_results[split]

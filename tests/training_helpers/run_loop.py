@@ -51,10 +51,10 @@ def main() -> None:
     if sleep:
         original = pipe.train_batch
 
-        def slow(step):
+        def slow(step, seed_offset=0):
             time.sleep(sleep)
             print(f"STEP {step}", flush=True)
-            return original(step)
+            return original(step, seed_offset)
 
         pipe.train_batch = slow
     name = args.get("model", "tiny")
