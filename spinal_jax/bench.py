@@ -350,7 +350,9 @@ def time_to_accuracy(
     ``seconds_to_target`` is the ``train_seconds_total`` of the first epoch whose ``split`` accuracy
     reached ``target`` (training wall time after compilation, evaluation included; in the per-step mode
     it includes the step's compilation); ``wall_s`` is the whole call. The workdir is temporary unless
-    given (then it must not hold another run).
+    given (then it must not hold another run). With ``config.num_seeds`` S > 1 the record has each
+    replica's figures under ``replicas``; its own are those of the last replica to reach the target,
+    the mean of the maximum accuracies, and the images/s of all S.
     """
     from spinal_jax import training
 
@@ -362,22 +364,45 @@ def time_to_accuracy(
         start = time.perf_counter()
         summary = training.train_and_evaluate(config, workdir, pipeline=pipeline, model=model)
         wall = time.perf_counter() - start
-        history = json.loads((workdir / "summary.json").read_text())["history"]
+        dirs = workdir_lib.replica_dirs(config, workdir)
+        histories = [json.loads((d / "summary.json").read_text())["history"] for d in dirs]
     finally:
         if own:
             shutil.rmtree(workdir, ignore_errors=True)
-    return {
+    summaries = summary.get("replicas", [summary])
+    batch = config.data.batch_size
+    figures = [
+        _accuracy_figures(s, h, target, split, batch) for s, h in zip(summaries, histories, strict=True)
+    ]
+    record = {
         "kind": "time_to_accuracy",
         "config": label,
         "workload": workload_label(config),
         "dtype": config.dtype,
-        "batch": config.data.batch_size,
+        "batch": batch,
+        "num_seeds": config.num_seeds,
         "device_resident": bool(config.data.device_resident),
-        "epochs": len(history),
+        "epochs": len(histories[0]),
         "target": target,
         "split": split,
         "wall_s": _round(wall),
-        **_accuracy_figures(summary, history, target, split, config.data.batch_size),
+        **figures[0],
+    }
+    if config.num_seeds > 1:
+        record.update(_slowest_replica(figures, split), replicas=figures)
+        record["train_img_s"] = round(record["train_img_s"] * config.num_seeds, 1)
+    return record
+
+
+def _slowest_replica(figures: list[dict[str, Any]], split: str) -> dict[str, Any]:
+    """Time to target of the last replica to reach it (None unless all did), mean maximum accuracy."""
+    reached = [f for f in figures if f["seconds_to_target"] is not None]
+    last = max(reached, key=lambda f: f["seconds_to_target"]) if len(reached) == len(figures) else None
+    maxima = [f[f"max_{split}_accuracy"] for f in figures if f[f"max_{split}_accuracy"] is not None]
+    return {
+        "seconds_to_target": last["seconds_to_target"] if last else None,
+        "epochs_to_target": last["epochs_to_target"] if last else None,
+        f"max_{split}_accuracy": statistics.mean(maxima) if maxima else None,
     }
 
 
@@ -487,8 +512,12 @@ def describe(record: dict[str, Any]) -> str | None:
     """One line for a time-to-accuracy or input-pipeline record (None for a throughput record)."""
     if record.get("kind") == "time_to_accuracy":
         split = record["split"]
+        seeds = record.get("num_seeds", 1)
+        label = record["config"] + (
+            f" ({seeds} seeds: the last to reach it, the mean maximum)" if seeds > 1 else ""
+        )
         return (
-            f"{record['config']}: compile {record['compile_s']} s; {split} accuracy >= {record['target']} "
+            f"{label}: compile {record['compile_s']} s; {split} accuracy >= {record['target']} "
             f"after {record['seconds_to_target']} s (epoch {record['epochs_to_target']}); {record['epochs']} "
             f"epochs in {record['train_seconds_total']} s ({record['train_img_s']} img/s), wall "
             f"{record['wall_s']} s; max {split} accuracy {record[f'max_{split}_accuracy']}"

@@ -6,6 +6,12 @@ the MNIST CNN with the spinal head (dropout in its head, device augmentation), b
 epoch, 2 epochs. Replica ``r`` of a run with ``seed=3`` is compared with a run of ``seed=data.seed=3+r``
 alone.
 
+The runs here use jax's default generator, ``threefry2x32`` (the rest of the suite runs with ``rbg``,
+see conftest.py): threefry draws the same bits for a key inside ``jax.vmap`` as outside, so a replica's
+initialisation, dropout masks and augmentation are its solo run's. ``rbg`` draws other bits under
+``vmap`` (measured: 3e-3 apart after 20 steps), so with it replicas are independent seeds but not
+their solo runs.
+
 A replica is not bit-identical to its solo run: ``jax.vmap`` over the seed axis turns each convolution
 and matmul into a batched one, which XLA sums in another order. Measured on the 2-core CPU machine
 (jax 0.10.2) after 20 steps: at most 1.5e-8 apart on any parameter, every recorded accuracy and loss
@@ -34,7 +40,15 @@ SEED = 3
 PARAM_ATOL = 1e-6
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _threefry():
+    with jax.default_prng_impl("threefry2x32"):
+        yield
+
+
 def _config(seed: int, num_seeds: int, resident: bool, **fields) -> config_lib.ml_collections.ConfigDict:
+    """Host runs checkpoint at step 13 too (mid-epoch 2), so the stopped-and-resumed run below has the
+    uninterrupted run's config; device-resident runs checkpoint at epoch ends only."""
     config = config_lib.load_config_file("configs/mnist_cnn.py:spinal")
     config.data = mnist_data_config(batch_size=64, device_resident=resident, seed=seed)
     config.num_epochs = 2
@@ -42,6 +56,7 @@ def _config(seed: int, num_seeds: int, resident: bool, **fields) -> config_lib.m
     config.num_seeds = num_seeds
     config.tensorboard = False
     config.log_every_steps = 5
+    config.checkpoint_every_steps = 0 if resident else 13
     config.update(fields)
     return config
 
@@ -111,22 +126,38 @@ def test_each_replica_directory_is_a_run_of_its_seed(runs):
 
 
 def test_resume_is_exact_even_when_the_replicas_stopped_at_different_steps(runs, tmp_path):
-    """A 2-seed run stopped at step 13 (mid-epoch 2), then replica 1's step-13 checkpoint removed, as if
-    the run had been killed between the two replicas' saves: the rerun resumes both from step 10, and
-    both end with exactly the parameters and records of the uninterrupted 2-seed run."""
+    """A 2-seed run stopped, then replica 1's last checkpoint removed, as if the run had been killed
+    between the two replicas' saves: host pipeline, stopped at step 13 (mid-epoch 2), both resume from
+    step 10; device-resident, stopped at step 10 (epoch ends only), replica 1 has no checkpoint left, so
+    both start again. Both replicas end with exactly the parameters and records of the uninterrupted
+    2-seed run."""
     resident = runs["resident"]
-    every = dict(checkpoint_every_steps=0) if resident else dict(checkpoint_every_steps=13)
-    cut = _train(tmp_path, _config(SEED, 2, resident, max_train_steps=10 if resident else 13, **every))
+    cut = _train(tmp_path, _config(SEED, 2, resident, max_train_steps=10 if resident else 13))
     assert cut["step"] == (10 if resident else 13)
-    if not resident:  # device-resident runs checkpoint at epoch ends only
-        shutil.rmtree(tmp_path / f"seed{SEED + 1}" / "checkpoints" / "13")
-    _train(tmp_path, _config(SEED, 2, resident, **every))
+    shutil.rmtree(tmp_path / f"seed{SEED + 1}" / "checkpoints" / str(cut["step"]))
+    _train(tmp_path, _config(SEED, 2, resident))
     for seed in (SEED, SEED + 1):
         resumed, full = tmp_path / f"seed{seed}", runs["root"] / "pair" / f"seed{seed}"
         assert _max_diff(_params(resumed), _params(full)) == 0.0, seed
         assert _history(resumed) == _history(full), seed
         rows = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
         assert len({(r["step"], r["kind"]) for r in rows}) == len(rows)
+
+
+def test_time_to_accuracy_of_several_seeds_reports_each_replica(tmp_path):
+    """``bench --modes tta --config.num_seeds=2``: one record with each replica's figures, read from its
+    own summary, and the slowest replica's time to the target at the top."""
+    from spinal_jax import bench
+
+    config = _config(SEED, 2, True, num_epochs=1)
+    record = bench.time_to_accuracy(config, 0.0, workdir=tmp_path, pipeline=SmallPipeline(config.data, SIZES))
+    assert record["num_seeds"] == 2 and len(record["replicas"]) == 2
+    for seed, figures in zip((SEED, SEED + 1), record["replicas"], strict=True):
+        history = json.loads((tmp_path / f"seed{seed}" / "summary.json").read_text())["history"]
+        assert figures["test_accuracy_per_epoch"] == [h["test_accuracy"] for h in history]
+        assert figures["epochs_to_target"] == 1
+    assert record["seconds_to_target"] == max(f["seconds_to_target"] for f in record["replicas"])
+    assert "2 seeds" in bench.describe(record)
 
 
 def test_num_seeds_below_one_is_refused():
