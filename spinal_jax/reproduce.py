@@ -520,20 +520,21 @@ def _git_commit() -> str:
     )
 
 
+def _percent(mean: float | None, spec: str, detail: str = "") -> str:
+    """``100 * mean`` in format ``spec`` followed by ``detail``; '-' when there is no mean."""
+    return "-" if mean is None else f"{100 * mean:{spec}}{detail}"
+
+
 def _pct(stat: dict[str, Any]) -> str:
-    if stat["mean"] is None:
-        return "-"
-    if stat["std"] is None:
-        return f"{100 * stat['mean']:.2f}"
-    return f"{100 * stat['mean']:.2f} ± {100 * stat['std']:.2f}"
+    """``mean ± std`` in percent."""
+    std = stat["std"]
+    return _percent(stat["mean"], ".2f", "" if std is None else f" ± {100 * std:.2f}")
 
 
 def _diff(d: dict[str, Any]) -> str:
-    if d["mean"] is None:
-        return "-"
-    if d["low"] is None:
-        return f"{100 * d['mean']:+.3f}"
-    return f"{100 * d['mean']:+.3f} [{100 * d['low']:+.3f}, {100 * d['high']:+.3f}]"
+    """``mean [low, high]`` in percentage points."""
+    bounds = "" if d["low"] is None else f" [{100 * d['low']:+.3f}, {100 * d['high']:+.3f}]"
+    return _percent(d["mean"], "+.3f", bounds)
 
 
 def _paired_cell(d: dict[str, Any]) -> str:
