@@ -122,7 +122,8 @@ def _prepare_one(config: ml_collections.ConfigDict, workdir: Path) -> None:
 
 def load_run_config(workdir: Path) -> ml_collections.ConfigDict:
     """The config of the run in ``workdir`` (its ``config.json``) on top of today's defaults, so a run
-    stored before a field existed gets that field's default; a UserError when there is no run there."""
+    stored before a field existed gets that field's default; a UserError when there is no run there, or
+    when it holds several seed replicas (each ``seed<k>`` folder is a run)."""
     path = Path(workdir) / "config.json"
     if not path.is_file():
         raise UserError(f"{workdir} holds no config.json: give the --workdir of a spinal_jax training run.")
@@ -133,6 +134,12 @@ def load_run_config(workdir: Path) -> ml_collections.ConfigDict:
     config = config_lib.base_config()
     config.data = config_lib.data_config(stored.data.name)
     config.update(stored)
+    if config.num_seeds > 1:
+        names = ", ".join(p.name for p in replica_dirs(config, Path(workdir)))
+        raise UserError(
+            f"{workdir} holds {config.num_seeds} models trained together ({names}): give the --workdir of "
+            f"one of them, e.g. {Path(workdir) / f'seed{config.seed}'}."
+        )
     return config
 
 

@@ -125,6 +125,27 @@ def test_each_replica_directory_is_a_run_of_its_seed(runs):
         assert sorted(int(p.name) for p in (replica / "checkpoints").iterdir() if p.name.isdigit())[-1] == 20
 
 
+def test_evaluate_reads_a_replica_directory_and_names_them_for_the_shared_one(runs):
+    """``spinal_jax.evaluate`` on ``seed<k>/`` gives the replica's last recorded test results; on the
+    shared workdir it stops with one message naming the replica folders."""
+    from spinal_jax import evaluate
+
+    pair = runs["root"] / "pair"
+    last = _history(pair / f"seed{SEED + 1}")[-1]
+    result = evaluate.evaluate_workdir(
+        pair / f"seed{SEED + 1}",
+        "test",
+        "latest",
+        pipeline=SmallPipeline(_config(SEED + 1, 1, False).data, SIZES),
+    )
+    assert result["checkpoint_step"] == 20 and result["count"] == SIZES["test"]
+    # The same weights, evaluated alone instead of vmapped beside the other replica: float32 rounding.
+    assert abs(result["accuracy"] - last["test_accuracy"]) <= 1 / SIZES["test"]
+    np.testing.assert_allclose(result["loss"], last["test_loss"], rtol=1e-5)
+    with pytest.raises(UserError, match=f"seed{SEED}, seed{SEED + 1}"):
+        evaluate.evaluate_workdir(pair, "test", "latest")
+
+
 def test_resume_is_exact_even_when_the_replicas_stopped_at_different_steps(runs, tmp_path):
     """A 2-seed run stopped, then replica 1's last checkpoint removed, as if the run had been killed
     between the two replicas' saves: host pipeline, stopped at step 13 (mid-epoch 2), both resume from
