@@ -10,6 +10,7 @@ Conventions used across spinal_jax:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -125,58 +126,104 @@ class Dropout(nn.Module):
         return jax.lax.select(mask, inputs / keep_prob, jnp.zeros_like(inputs))
 
 
-class Dense(nn.Module):
-    """A Linear layer with PyTorch's default init (the bias bound depends on fan_in).
+class DtypeModule(nn.Module):
+    """Base of the modules with a compute and a parameter dtype (keyword-only fields).
 
     Attributes:
-      features: output width.
-      use_bias: add a bias.
-      kernel_init: kernel initialiser (default: PyTorch's).
-      bias_init: bias initialiser, or None for PyTorch's U(+-1/sqrt(fan_in)).
-    Input ``(..., fan_in)``, output ``(..., features)`` in ``dtype``.
+      dtype: compute dtype (None = float32 here: the promoted dtype of input and parameters).
+      param_dtype: parameter dtype.
     """
 
-    features: int
-    use_bias: bool = True
-    kernel_init: Initializer = torch_kernel_init
-    bias_init: Initializer | None = None
+    _: dataclasses.KW_ONLY
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        fan_in = x.shape[-1]
-        kernel = self.param("kernel", self.kernel_init, (fan_in, self.features), self.param_dtype)
+    @property
+    def dtypes(self) -> dict[str, Any]:
+        """``dtype`` and ``param_dtype`` as the keyword arguments of a child module."""
+        return {"dtype": self.dtype, "param_dtype": self.param_dtype}
+
+
+class BlockModule(DtypeModule):
+    """Base of the building blocks and models: the dtypes and the pmap axis (keyword-only fields).
+
+    Attributes (with :class:`DtypeModule`'s):
+      bn_axis_name: pmap axis over which BatchNorm statistics are averaged in training (and dropout
+        masks drawn for the global batch, see :class:`Dropout`).
+    """
+
+    _: dataclasses.KW_ONLY
+    bn_axis_name: str | None = None
+
+    @property
+    def precision(self) -> dict[str, Any]:
+        """``dtype``, ``param_dtype`` and ``bn_axis_name`` as the keyword arguments of a child block."""
+        return {**self.dtypes, "bn_axis_name": self.bn_axis_name}
+
+    def norm(self, train: bool, name: str) -> nn.BatchNorm:
+        """A child :func:`batch_norm` named ``name`` in this module's dtypes, over ``bn_axis_name``;
+        it maps ``(..., C)`` to ``(..., C)``."""
+        return batch_norm(train, self.bn_axis_name, **self.dtypes, name=name)
+
+
+class _TorchLayer(DtypeModule):
+    """What :class:`Dense` and :class:`Conv` share: a ``kernel`` and an optional ``bias`` of
+    ``features`` entries, initialised as PyTorch does.
+
+    Attributes (with :class:`DtypeModule`'s):
+      features: output width (channels).
+      use_bias: add a bias.
+      kernel_init: kernel initialiser (default: PyTorch's).
+      bias_init: bias initialiser, or None for PyTorch's U(+-1/sqrt(fan_in)).
+    """
+
+    features: int
+    _: dataclasses.KW_ONLY
+    use_bias: bool = True
+    kernel_init: Initializer = torch_kernel_init
+    bias_init: Initializer | None = None
+
+    def _weights(self, x: Array, kernel_shape: tuple[int, ...]) -> tuple[Array, Array, Array | None]:
+        """``x``, the kernel of ``kernel_shape`` (``(..., fan_in_per_position, features)``; fan_in is the
+        product of all but the last entry) and the bias ``(features,)`` or None, promoted to ``dtype``."""
+        kernel = self.param("kernel", self.kernel_init, kernel_shape, self.param_dtype)
         bias = None
         if self.use_bias:
-            binit = self.bias_init or torch_bias_init(fan_in)
+            binit = self.bias_init or torch_bias_init(int(np.prod(kernel_shape[:-1])))
             bias = self.param("bias", binit, (self.features,), self.param_dtype)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        return x, kernel, bias
+
+
+class Dense(_TorchLayer):
+    """A Linear layer with PyTorch's default init (the bias bound depends on fan_in).
+
+    Attributes: :class:`_TorchLayer`'s (``features``, ``use_bias``, ``kernel_init``, ``bias_init``) and
+    :class:`DtypeModule`'s. Input ``(..., fan_in)``, output ``(..., features)`` in ``dtype``.
+    """
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        x, kernel, bias = self._weights(x, (x.shape[-1], self.features))
         y = jnp.dot(x, kernel)
         return y + bias if bias is not None else y
 
 
-class Conv(nn.Module):
+class Conv(_TorchLayer):
     """A 2-D convolution on NHWC input with PyTorch's default init and explicit padding.
 
-    Attributes:
-      features: output channels.
+    Attributes (with :class:`_TorchLayer`'s and :class:`DtypeModule`'s):
       kernel_size: (kh, kw) or an int.
       strides: an int or a pair.
       padding: pixels of zero padding on each side (PyTorch's ``padding=``), or a Flax padding string.
       groups: feature groups (ResNeXt).
+    Input ``(B, H, W, C_in)``, output ``(B, H', W', features)`` in ``dtype``.
     """
 
-    features: int
     kernel_size: int | tuple[int, int] = 3
     strides: int | tuple[int, int] = 1
     padding: int | str = 0
     groups: int = 1
-    use_bias: bool = True
-    kernel_init: Initializer = torch_kernel_init
-    bias_init: Initializer | None = None
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -185,13 +232,7 @@ class Conv(nn.Module):
         in_ch = x.shape[-1]
         if in_ch % self.groups:
             raise ValueError(f"Conv: {in_ch} input channels do not divide into {self.groups} groups.")
-        shape = (*ks, in_ch // self.groups, self.features)
-        kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
-        bias = None
-        if self.use_bias:
-            binit = self.bias_init or torch_bias_init(int(np.prod(shape[:-1])))
-            bias = self.param("bias", binit, (self.features,), self.param_dtype)
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        x, kernel, bias = self._weights(x, (*ks, in_ch // self.groups, self.features))
         pad = self.padding if isinstance(self.padding, str) else [(self.padding, self.padding)] * 2
         y = jax.lax.conv_general_dilated(
             x,
@@ -229,7 +270,7 @@ def _chunk_indices(in_features: int, num_splits: int, num_layers: int) -> np.nda
     return (np.arange(num_layers)[:, None] * size + np.arange(size)[None, :]) % in_features
 
 
-class SpinalFC(nn.Module):
+class SpinalFC(BlockModule):
     """SpinalNet's fully-connected head (Kabir et al.), every variant of the reference in one module.
 
     With chunks x_c(i) of the input and z_0 = nothing::
@@ -258,8 +299,9 @@ class SpinalFC(nn.Module):
       fused: compute all input-chunk projections in one batched matmul and keep only the small
         w x w recurrence sequential; False runs the literal layer-by-layer form. Same parameters,
         same numbers (up to float rounding).
-      bn_axis_name: pmap axis over which BatchNorm statistics are averaged in training (and dropout
-        masks drawn for the global batch, see :class:`Dropout`).
+      kernel_init: kernel initialiser of every Dense (default: PyTorch's).
+      readout_bias_init: the readout's bias initialiser (None: PyTorch's).
+      dtype, param_dtype, bn_axis_name: :class:`BlockModule`'s.
 
     Input ``(B, D)`` (or ``(B, H, W, C)`` when ``spatial``); output ``(B, num_classes)`` logits.
     """
@@ -274,11 +316,8 @@ class SpinalFC(nn.Module):
     use_bn: bool = False
     share_weights: bool = False
     fused: bool = True
-    bn_axis_name: str | None = None
     kernel_init: Initializer = torch_kernel_init
     readout_bias_init: Initializer | None = None
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
 
     def _check(self) -> None:
         if self.width <= 0:
@@ -345,9 +384,7 @@ class SpinalFC(nn.Module):
     def _finish(self, pre: Array, i: int, train: bool) -> Array:
         """Sub-layer i's BatchNorm (``use_bn``) and activation on its ``(B, w)`` pre-activation."""
         if self.use_bn:
-            pre = batch_norm(
-                train, self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype, name=f"bn_{i}"
-            )(pre)
+            pre = self.norm(train, f"bn_{i}")(pre)
         return _activation(self.activation)(pre)
 
     def _fused(
@@ -411,14 +448,8 @@ class SpinalFC(nn.Module):
         deterministic = not train or self.dropout_rate == 0.0
         drop = Dropout(self.dropout_rate, axis_name=self.bn_axis_name, name="dropout_out")
         features = drop(features, deterministic=deterministic)
-        return Dense(
-            self.num_classes,
-            kernel_init=self.kernel_init,
-            bias_init=self.readout_bias_init,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="readout",
-        )(features)
+        init = {"kernel_init": self.kernel_init, "bias_init": self.readout_bias_init}
+        return Dense(self.num_classes, **init, **self.dtypes, name="readout")(features)
 
     def _kernel_part(self, key: Array, layer: int, s: int, dtype: Dtype) -> Array:
         """An ``(s + w, w)`` kernel (or ``(s, w)`` for sub-layer 1) initialised with its true fan_in."""
