@@ -7,15 +7,12 @@ submodule, :mod:`spinal_jax.models.heads`), so that the head's parameters are ex
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import linen as nn
 
-from spinal_jax.layers import Conv, Initializer, batch_norm, max_pool, torch_kernel_init
+from spinal_jax.layers import BlockModule, Conv, Initializer, max_pool, torch_kernel_init
 
-Dtype = Any
 M = "M"  # a 2x2 max-pool in a VGG cfg
 
 
@@ -45,7 +42,7 @@ def check_image_shape(
     )
 
 
-class ConvBN(nn.Module):
+class ConvBN(BlockModule):
     """Conv (PyTorch padding) -> optional BatchNorm -> optional ReLU, children ``conv`` and ``bn``.
 
     Attributes:
@@ -55,6 +52,7 @@ class ConvBN(nn.Module):
       use_bn: BatchNorm (PyTorch momentum/epsilon, scale 1, bias 0) after the conv.
       relu: ReLU at the end.
       kernel_init: conv kernel initialiser (default: PyTorch's).
+      dtype, param_dtype, bn_axis_name: :class:`~spinal_jax.layers.BlockModule`'s.
     Input ``(B, H, W, C_in)``, output ``(B, H', W', features)``.
     """
 
@@ -66,9 +64,6 @@ class ConvBN(nn.Module):
     use_bn: bool = True
     relu: bool = True
     kernel_init: Initializer = torch_kernel_init
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -79,29 +74,25 @@ class ConvBN(nn.Module):
             padding=self.padding,
             use_bias=self.use_bias,
             kernel_init=self.kernel_init,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
+            **self.dtypes,
             name="conv",
         )(x)
         if self.use_bn:
-            x = batch_norm(
-                train, self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype, name="bn"
-            )(x)
+            x = self.norm(train, "bn")(x)
         return nn.relu(x) if self.relu else x
 
 
-class VGGFeatures(nn.Module):
+class VGGFeatures(BlockModule):
     """A VGG feature stack: conv3x3 (pad 1, with bias) -> BN -> ReLU per cfg entry, ``'M'`` = MaxPool 2x2.
 
-    Children ``block_{i}`` (the i-th conv, counting convs only). Input ``(B, H, W, C)``, output
-    ``(B, H // 2**m, W // 2**m, last channels)`` with m the number of ``'M'`` entries.
+    Fields ``cfg``, ``kernel_init`` (the convs' kernel initialiser) and
+    :class:`~spinal_jax.layers.BlockModule`'s. Children ``block_{i}`` (the i-th conv, counting convs
+    only). Input ``(B, H, W, C)``, output ``(B, H // 2**m, W // 2**m, last channels)`` with m the
+    number of ``'M'`` entries.
     """
 
     cfg: Sequence[int | str]
     kernel_init: Initializer = torch_kernel_init
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -110,13 +101,7 @@ class VGGFeatures(nn.Module):
             if v == M:
                 x = max_pool(x, 2)
                 continue
-            x = ConvBN(
-                int(v),
-                kernel_init=self.kernel_init,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                bn_axis_name=self.bn_axis_name,
-                name=f"block_{index}",
-            )(x, train)
+            block = ConvBN(int(v), kernel_init=self.kernel_init, **self.precision, name=f"block_{index}")
+            x = block(x, train)
             index += 1
         return x

@@ -7,19 +7,17 @@ followed by ``head``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import linen as nn
 
-from spinal_jax.layers import Dropout, flatten_channels_first, kaiming_normal_fan_out, max_pool
+from spinal_jax.layers import BlockModule, Dropout, flatten_channels_first, max_pool
 from spinal_jax.models.blocks import ConvBN, VGGFeatures, check_image_shape
+from spinal_jax.models.common import RESNET_CONV, residual_stages
 from spinal_jax.models.heads import DefaultHeadConfig, HeadConfig, HeadedModel, SpinalHeadConfig
 from spinal_jax.models.registry import register_module
 from spinal_jax.models.vgg import VGG_CONFIGS
 
-Dtype = Any
 INPUT_SHAPE = (32, 32, 3)
 _EXACT_32 = (32, 32)
 
@@ -53,26 +51,16 @@ CIFAR_RESNET_HEAD = HeadConfig(
 _CNN_STAGES = (((32, True), (64, False)), ((128, True), (128, False)), ((256, True), (256, False)))
 
 
-class CifarCNNFeatures(nn.Module):
+class CifarCNNFeatures(BlockModule):
     """conv3x3 pad 1 throughout: [3->32, BN, ReLU, 32->64, ReLU] M [64->128, BN, ReLU, 128->128, ReLU]
-    M Dropout2d(0.05) [128->256, BN, ReLU, 256->256, ReLU] M. ``(B, 32, 32, 3) -> (B, 4, 4, 256)``."""
-
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    bn_axis_name: str | None = None
+    M Dropout2d(0.05) [128->256, BN, ReLU, 256->256, ReLU] M. ``(B, 32, 32, 3) -> (B, 4, 4, 256)``.
+    Fields: :class:`~spinal_jax.layers.BlockModule`'s."""
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         for stage, convs in enumerate(_CNN_STAGES):
             for j, (features, use_bn) in enumerate(convs):
-                x = ConvBN(
-                    features,
-                    use_bn=use_bn,
-                    dtype=self.dtype,
-                    param_dtype=self.param_dtype,
-                    bn_axis_name=self.bn_axis_name,
-                    name=f"block{stage}_{j}",
-                )(x, train)
+                x = ConvBN(features, use_bn=use_bn, **self.precision, name=f"block{stage}_{j}")(x, train)
             x = max_pool(x, 2)
             if stage == 1:
                 drop = Dropout(0.05, broadcast_dims=(1, 2), axis_name=self.bn_axis_name, name="dropout2d")
@@ -95,9 +83,7 @@ class CifarCNN(HeadedModel):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         check_image_shape(x, 3, _EXACT_32, "cifar_cnn", "its heads read the 256x4x4 map of 32x32 images")
-        x = CifarCNNFeatures(
-            dtype=self.dtype, param_dtype=self.param_dtype, bn_axis_name=self.bn_axis_name, name="features"
-        )(x, train)
+        x = CifarCNNFeatures(**self.precision, name="features")(x, train)
         x = flatten_channels_first(x)  # (B, 4096), PyTorch order: the first half is channels 0..127
         return self.classify(x, train=train)
 
@@ -125,13 +111,7 @@ class CifarVGG(HeadedModel):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         label = f"cifar_vgg{sum(v != 'M' for v in self.cfg) + 3}_bn"
         check_image_shape(x, 3, (32, 63), label, "the backbone must reduce them to 512x1x1")
-        x = VGGFeatures(
-            self.cfg,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            bn_axis_name=self.bn_axis_name,
-            name="features",
-        )(x, train)
+        x = VGGFeatures(self.cfg, **self.precision, name="features")(x, train)
         x = flatten_channels_first(x)  # (B, 512)
         return self.classify(x, train=train)
 
@@ -140,30 +120,20 @@ class CifarVGG(HeadedModel):
 # The reference's CIFAR ResNet
 
 
-class CifarBasicBlock(nn.Module):
+class CifarBasicBlock(BlockModule):
     """conv3x3 -> BN -> ReLU -> conv3x3 -> BN, plus the residual, with **no** ReLU after the addition.
     The residual is downsampled by a 3x3 stride conv (no bias) + BN when the shape changes.
+    Fields ``features``, ``strides`` and :class:`~spinal_jax.layers.BlockModule`'s.
     Input ``(B, H, W, C_in)``, output ``(B, H / strides, W / strides, features)``."""
 
     features: int
     strides: int = 1
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         def conv_bn(strides: int, relu: bool, name: str) -> ConvBN:
             return ConvBN(
-                self.features,
-                strides=strides,
-                use_bias=False,
-                relu=relu,
-                kernel_init=kaiming_normal_fan_out,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                bn_axis_name=self.bn_axis_name,
-                name=name,
+                self.features, strides=strides, relu=relu, **RESNET_CONV, **self.precision, name=name
             )
 
         y = conv_bn(self.strides, True, "conv1")(x, train)
@@ -173,16 +143,14 @@ class CifarBasicBlock(nn.Module):
         return y + x
 
 
-class CifarResNetFeatures(nn.Module):
+class CifarResNetFeatures(BlockModule):
     """Stem conv3x3 (3->32, no bias) -> BN -> ReLU -> Dropout2d(``stem_dropout``, 0.02), then stages of
     :class:`CifarBasicBlock` with 32, 64, 128, 256 channels (strides 1, 2, 2, 2).
+    Fields ``stage_sizes``, ``stem_dropout`` and :class:`~spinal_jax.layers.BlockModule`'s.
     ``(B, 32, 32, 3) -> (B, 4, 4, 256)``."""
 
     stage_sizes: Sequence[int]
     stem_dropout: float = 0.02
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -190,27 +158,12 @@ class CifarResNetFeatures(nn.Module):
             raise ValueError(
                 f"CIFAR ResNet: give 4 stage sizes (blocks per stage), got {tuple(self.stage_sizes)}."
             )
-        x = ConvBN(
-            32,
-            use_bias=False,
-            kernel_init=kaiming_normal_fan_out,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            bn_axis_name=self.bn_axis_name,
-            name="stem",
-        )(x, train)
+        x = ConvBN(32, **RESNET_CONV, **self.precision, name="stem")(x, train)
         drop = Dropout(self.stem_dropout, (1, 2), axis_name=self.bn_axis_name, name="dropout2d")  # Dropout2d
         x = drop(x, deterministic=not train)
-        for i, (width, blocks) in enumerate(zip((32, 64, 128, 256), self.stage_sizes, strict=True)):
-            for j in range(blocks):
-                x = CifarBasicBlock(
-                    width,
-                    strides=2 if (i > 0 and j == 0) else 1,
-                    dtype=self.dtype,
-                    param_dtype=self.param_dtype,
-                    bn_axis_name=self.bn_axis_name,
-                    name=f"stage{i + 1}_{j}",
-                )(x, train)
+        for i, j, strides in residual_stages(self.stage_sizes):
+            width = (32, 64, 128, 256)[i]
+            x = CifarBasicBlock(width, strides, **self.precision, name=f"stage{i + 1}_{j}")(x, train)
         return x
 
 
@@ -236,14 +189,8 @@ class CifarResNet(HeadedModel):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         label = f"cifar_resnet{2 * sum(self.stage_sizes) + 2}"
         check_image_shape(x, 3, _EXACT_32, label, "its heads read the 256x4x4 map of 32x32 images")
-        x = CifarResNetFeatures(
-            self.stage_sizes,
-            stem_dropout=self.stem_dropout,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            bn_axis_name=self.bn_axis_name,
-            name="features",
-        )(x, train)
+        backbone = CifarResNetFeatures(self.stage_sizes, self.stem_dropout, **self.precision, name="features")
+        x = backbone(x, train)
         # The spinal head reads the 256x2x2 map, the Linear head the 256 features of a 4x4 max-pool.
         x = max_pool(x, 2, 2) if self.head == "spinal" else flatten_channels_first(max_pool(x, 4, 1))
         return self.classify(x, train=train)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from spinal_jax.layers import Dense, Dropout, Initializer, SpinalFC, batch_norm
+from spinal_jax.layers import BlockModule, Dense, Dropout, Initializer, SpinalFC
 
 Dtype = Any
 
@@ -135,7 +135,7 @@ class HeadConfig:
     default: DefaultHeadConfig = DefaultHeadConfig()
 
 
-class MLPHead(nn.Module):
+class MLPHead(BlockModule):
     """A plain fully-connected classifier: per hidden width Dropout -> Dense -> [BN] -> ReLU, then
     Dropout -> Dense(num_classes).
 
@@ -145,6 +145,7 @@ class MLPHead(nn.Module):
       dropout: one rate before each Dense (``len(hidden) + 1`` of them; 0 = no dropout there).
       use_bn: BatchNorm1d after each hidden Dense.
       bias_init: Dense bias initialiser (None = PyTorch's).
+      dtype, param_dtype, bn_axis_name: :class:`~spinal_jax.layers.BlockModule`'s.
     Children ``fc_{i}`` and ``bn_{i}``. Input ``(B, D)``, output ``(B, num_classes)``.
     """
 
@@ -153,9 +154,6 @@ class MLPHead(nn.Module):
     dropout: Sequence[float]
     use_bn: bool = False
     bias_init: Initializer | None = None
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -168,19 +166,11 @@ class MLPHead(nn.Module):
             if rate > 0:
                 drop = Dropout(rate, axis_name=self.bn_axis_name, name=f"dropout_{i}")
                 x = drop(x, deterministic=not train)
-            x = Dense(
-                width,
-                bias_init=self.bias_init,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name=f"fc_{i}",
-            )(x)
+            x = Dense(width, bias_init=self.bias_init, **self.dtypes, name=f"fc_{i}")(x)
             if i == len(self.hidden):
                 break
             if self.use_bn:
-                x = batch_norm(
-                    train, self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype, name=f"bn_{i}"
-                )(x)
+                x = self.norm(train, f"bn_{i}")(x)
             x = nn.relu(x)
         return x
 
@@ -194,7 +184,7 @@ class LinearHead(Dense):
         return super().__call__(x)
 
 
-class VGGClassifier(nn.Module):
+class VGGClassifier(BlockModule):
     """torchvision's VGG classifier: Linear(D, h) ReLU Dropout Linear(h, h) ReLU Dropout Linear(h, C),
     Linear init N(0, 0.01), bias 0; children ``fc_0``, ``fc_3``, ``fc_6``. Input ``(B, D)``, output
     ``(B, C)``. ``bn_axis_name``: the train step's pmap axis (dropout masks are drawn for the global
@@ -203,21 +193,12 @@ class VGGClassifier(nn.Module):
     num_classes: int
     hidden: int = 4096
     dropout_rate: float = 0.5
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         def dense(features: int, name: str) -> Dense:
-            return Dense(
-                features,
-                kernel_init=_vgg_linear_init,
-                bias_init=nn.initializers.zeros,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name=name,
-            )
+            init = {"kernel_init": _vgg_linear_init, "bias_init": nn.initializers.zeros}
+            return Dense(features, **init, **self.dtypes, name=name)
 
         for name in ("fc_0", "fc_3"):
             x = nn.relu(dense(self.hidden, name)(x))
@@ -225,7 +206,7 @@ class VGGClassifier(nn.Module):
         return dense(self.num_classes, "fc_6")(x)
 
 
-class StackedSpinalHead(nn.Module):
+class StackedSpinalHead(BlockModule):
     """Spinal stacks (no readout each) on several inputs, concatenated (``sum(k) * w`` features) ->
     Linear(``cfg.stack_hidden``) -> ReLU -> Linear(C) (the MNIST "Arch2" head).
 
@@ -237,22 +218,17 @@ class StackedSpinalHead(nn.Module):
     num_classes: int
     cfg: SpinalHeadConfig
     width: int
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, *inputs: jax.Array, train: bool = False) -> jax.Array:
         if len(inputs) != len(self.cfg.stacks):
             raise ValueError(f"StackedSpinalHead: {len(self.cfg.stacks)} stacks but {len(inputs)} inputs.")
-        precision = dict(dtype=self.dtype, param_dtype=self.param_dtype, bn_axis_name=self.bn_axis_name)
         parts = [
-            _spinal_fc(self.cfg, self.width, None, layers, precision, name)(x, train)
+            _spinal_fc(self.cfg, self.width, None, layers, self.precision, name)(x, train)
             for (name, layers), x in zip(self.cfg.stacks, inputs, strict=True)
         ]
-        dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        z = Dense(self.cfg.stack_hidden, **dtypes, name="fc1")(jnp.concatenate(parts, axis=-1))
-        return Dense(self.num_classes, **dtypes, name="fc2")(nn.relu(z))
+        z = Dense(self.cfg.stack_hidden, **self.dtypes, name="fc1")(jnp.concatenate(parts, axis=-1))
+        return Dense(self.num_classes, **self.dtypes, name="fc2")(nn.relu(z))
 
 
 def check_head(head: str, model: str) -> None:
@@ -345,15 +321,14 @@ def make_head(
     raise ValueError(f"Unknown head {kind!r}: use one of {HEADS}.")
 
 
-class HeadedModel(nn.Module):
+class HeadedModel(BlockModule):
     """The base of every registered model: the fields they share and the head at the end.
 
     Attributes:
       num_classes: C.
       head: 'default' (the family's baseline classifier) or 'spinal'.
       head_cfg: both heads' settings; each family sets its own default (its registry entry's).
-      dtype: compute dtype (None = float32); param_dtype: parameter dtype.
-      bn_axis_name: pmap axis over which BatchNorm statistics are averaged in training.
+      dtype, param_dtype, bn_axis_name: :class:`~spinal_jax.layers.BlockModule`'s (keyword-only).
     A subclass's ``__call__(x, train=False)`` maps images to float32 logits ``(B, C)``, ending with
     :meth:`classify`; its class constant ``head_path`` names the head module (the top-level parameter
     key of the head, also the registry entry's ``head_path``).
@@ -363,9 +338,6 @@ class HeadedModel(nn.Module):
     num_classes: int = 10
     head: str = "spinal"
     head_cfg: HeadConfig = HeadConfig()
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    bn_axis_name: str | None = None
 
     def __post_init__(self) -> None:
         check_head(self.head, type(self).__name__)
@@ -374,15 +346,7 @@ class HeadedModel(nn.Module):
     def classify(self, *features: jax.Array, train: bool) -> jax.Array:
         """Float32 logits ``(B, C)`` of the head (:func:`make_head`, a child named ``head_path``) on
         ``features`` (one array, or one per stack for the stacked spinal head)."""
-        module = make_head(
-            self.head,
-            self.head_cfg,
-            self.num_classes,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            bn_axis_name=self.bn_axis_name,
-            name=self.head_path,
-        )
+        module = make_head(self.head, self.head_cfg, self.num_classes, **self.precision, name=self.head_path)
         return module(*features, train=train).astype(jnp.float32)
 
 

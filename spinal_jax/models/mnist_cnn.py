@@ -8,18 +8,16 @@ channels 0..9.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import ClassVar
 
 import jax
-import jax.numpy as jnp
 from flax import linen as nn
 
-from spinal_jax.layers import Conv, Dropout, flatten_channels_first, max_pool
+from spinal_jax.layers import BlockModule, Conv, Dropout, flatten_channels_first, max_pool
 from spinal_jax.models.blocks import check_image_shape
 from spinal_jax.models.heads import DefaultHeadConfig, HeadConfig, HeadedModel, SpinalHeadConfig
 from spinal_jax.models.registry import register_module
 
-Dtype = Any
 INPUT_SHAPE = (28, 28, 1)
 
 # The reference's baseline for both: Linear(320->50) -> ReLU -> Dropout(0.5) -> Linear(50->C).
@@ -35,24 +33,15 @@ MNIST_ARCH2_HEAD = HeadConfig(
 )
 
 
-def _check_input(x: jax.Array, model: str) -> None:
-    check_image_shape(x, 1, (28, 28), model, "the reference's 28x28 grayscale digits")
-
-
-class MnistFeatures(nn.Module):
+class MnistFeatures(BlockModule):
     """The two-conv backbone. Input ``(B, 28, 28, 1)``; returns the conv1 map ``(B, 12, 12, 10)``
     (after pool and ReLU) and the conv2 map ``(B, 4, 4, 20)``. ``bn_axis_name``: the train step's pmap
     axis (dropout masks are drawn for the global batch; there is no BatchNorm)."""
 
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    bn_axis_name: str | None = None
-
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
-        conv1 = Conv(10, 5, dtype=self.dtype, param_dtype=self.param_dtype, name="conv1")(x)
-        conv1 = nn.relu(max_pool(conv1, 2))
-        conv2 = Conv(20, 5, dtype=self.dtype, param_dtype=self.param_dtype, name="conv2")(conv1)
+        conv1 = nn.relu(max_pool(Conv(10, 5, **self.dtypes, name="conv1")(x), 2))
+        conv2 = Conv(20, 5, **self.dtypes, name="conv2")(conv1)
         drop = Dropout(0.5, broadcast_dims=(1, 2), axis_name=self.bn_axis_name, name="dropout2d")
         conv2 = drop(conv2, deterministic=not train)
         return conv1, nn.relu(max_pool(conv2, 2))
@@ -66,19 +55,23 @@ class MnistCNN(HeadedModel):
     Input ``(B, 28, 28, 1)`` float images; output float32 logits ``(B, C)``.
     """
 
+    label: ClassVar[str] = "mnist_cnn"  # the registry name, for messages
     head_cfg: HeadConfig = MNIST_CNN_HEAD
+
+    def head_inputs(self, x: jax.Array, conv1: jax.Array, conv2: jax.Array) -> tuple[jax.Array, ...]:
+        """The maps the head reads (flattened channel-first): the conv2 map ``(B, 4, 4, 20)``."""
+        del x, conv1
+        return (conv2,)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        _check_input(x, "mnist_cnn")
-        _, conv2 = MnistFeatures(
-            dtype=self.dtype, param_dtype=self.param_dtype, bn_axis_name=self.bn_axis_name, name="features"
-        )(x, train)
-        features = flatten_channels_first(conv2)  # (B, 320)
-        return self.classify(features, train=train)
+        check_image_shape(x, 1, (28, 28), self.label, "the reference's 28x28 grayscale digits")
+        conv1, conv2 = MnistFeatures(**self.precision, name="features")(x, train)
+        maps = self.head_inputs(x, conv1, conv2)
+        return self.classify(*[flatten_channels_first(m) for m in maps], train=train)
 
 
-class MnistArch2(HeadedModel):
+class MnistArch2(MnistCNN):
     """The multi-stage spinal CNN "Arch2": the MNIST CNN's backbone with a stacked spinal head.
 
     The spinal head (:class:`~spinal_jax.models.heads.StackedSpinalHead`, children ``raw``, ``conv1``,
@@ -94,16 +87,13 @@ class MnistArch2(HeadedModel):
     float32 logits ``(B, C)``.
     """
 
+    label: ClassVar[str] = "mnist_arch2"
     head_cfg: HeadConfig = MNIST_ARCH2_HEAD
 
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        _check_input(x, "mnist_arch2")
-        conv1, conv2 = MnistFeatures(
-            dtype=self.dtype, param_dtype=self.param_dtype, bn_axis_name=self.bn_axis_name, name="features"
-        )(x, train)
-        maps = (x, conv1, conv2) if self.head == "spinal" else (conv2,)
-        return self.classify(*[flatten_channels_first(v) for v in maps], train=train)
+    def head_inputs(self, x: jax.Array, conv1: jax.Array, conv2: jax.Array) -> tuple[jax.Array, ...]:
+        """The spinal head's stacks read the pixels ``(B, 28, 28, 1)``, the conv1 map ``(B, 12, 12, 10)``
+        and the conv2 map ``(B, 4, 4, 20)``; the default head the conv2 map."""
+        return (x, conv1, conv2) if self.head == "spinal" else (conv2,)
 
 
 _MNIST = dict(input_shape=INPUT_SHAPE, num_classes=10)

@@ -10,18 +10,16 @@ Every torchvision tensor has exactly one Flax leaf of the same size (conv kernel
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from spinal_jax.layers import Conv, batch_norm, kaiming_normal_fan_out, max_pool
-from spinal_jax.models.common import IMAGENET_ENTRY, check_images
+from spinal_jax.layers import BlockModule, Conv, max_pool
+from spinal_jax.models.common import IMAGENET_ENTRY, RESNET_CONV, check_images, residual_stages
 from spinal_jax.models.heads import DefaultHeadConfig, HeadConfig, HeadedModel, SpinalHeadConfig
 from spinal_jax.models.registry import register_module
-
-Dtype = Any
 
 # Name in the registry -> (block, blocks per stage, groups, width_per_group), as torchvision builds them.
 RESNET_CONFIGS: dict[str, tuple[str, tuple[int, ...], int, int]] = {
@@ -42,7 +40,7 @@ RESNET_HEAD = HeadConfig(
 )
 
 
-class ResidualBlock(nn.Module):
+class ResidualBlock(BlockModule):
     """torchvision's ``BasicBlock`` or ``Bottleneck`` (stride on the 3x3 conv, ResNet v1.5).
 
     Attributes:
@@ -51,6 +49,7 @@ class ResidualBlock(nn.Module):
       strides: stride of the 3x3 conv (and of the downsample conv).
       groups, width_per_group: ResNeXt / wide-ResNet bottleneck width,
         ``int(planes * width_per_group / 64) * groups``.
+      dtype, param_dtype, bn_axis_name: :class:`~spinal_jax.layers.BlockModule`'s.
     Input ``(B, H, W, C_in)``, output ``(B, H / strides, W / strides, planes * expansion)``.
     """
 
@@ -59,30 +58,15 @@ class ResidualBlock(nn.Module):
     strides: int = 1
     groups: int = 1
     width_per_group: int = 64
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    bn_axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         def conv(features: int, size: int, strides: int = 1, groups: int = 1, name: str = "") -> Conv:
-            return Conv(
-                features,
-                size,
-                strides,
-                padding=size // 2,
-                groups=groups,
-                use_bias=False,
-                kernel_init=kaiming_normal_fan_out,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name=name,
-            )
+            kwargs = {**RESNET_CONV, **self.dtypes}
+            return Conv(features, size, strides, padding=size // 2, groups=groups, **kwargs, name=name)
 
         def bn(name: str) -> nn.BatchNorm:
-            return batch_norm(
-                train, self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype, name=name
-            )
+            return self.norm(train, name)
 
         out_ch = self.planes * EXPANSION[self.kind]
         if self.kind == "basic":
@@ -127,34 +111,14 @@ class ResNet(HeadedModel):
         check_images(x, 3, 32, "ResNet")
         if self.block not in EXPANSION:
             raise ValueError(f"ResNet: unknown block {self.block!r}, use 'basic' or 'bottleneck'.")
-        x = Conv(
-            64,
-            7,
-            2,
-            padding=3,
-            use_bias=False,
-            kernel_init=kaiming_normal_fan_out,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="conv1",
-        )(x)
-        x = batch_norm(train, self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype, name="bn1")(
-            x
-        )
-        x = max_pool(nn.relu(x), 3, 2, padding=1)
-        for i, num_blocks in enumerate(self.stage_sizes):
-            for j in range(num_blocks):
-                x = ResidualBlock(
-                    self.block,
-                    64 * 2**i,
-                    strides=2 if (i > 0 and j == 0) else 1,
-                    groups=self.groups,
-                    width_per_group=self.width_per_group,
-                    dtype=self.dtype,
-                    param_dtype=self.param_dtype,
-                    bn_axis_name=self.bn_axis_name,
-                    name=f"layer{i + 1}_{j}",
-                )(x, train)
+        x = Conv(64, 7, 2, padding=3, **RESNET_CONV, **self.dtypes, name="conv1")(x)
+        x = max_pool(nn.relu(self.norm(train, "bn1")(x)), 3, 2, padding=1)
+        widths = {"groups": self.groups, "width_per_group": self.width_per_group}
+        for i, j, strides in residual_stages(self.stage_sizes):
+            block = ResidualBlock(
+                self.block, 64 * 2**i, strides, **widths, **self.precision, name=f"layer{i + 1}_{j}"
+            )
+            x = block(x, train)
         x = jnp.mean(x, axis=(1, 2))  # AdaptiveAvgPool2d(1) + flatten: (B, C)
         return self.classify(x, train=train)
 

@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from spinal_jax.layers import Conv, batch_norm, flatten_channels_first, kaiming_normal_fan_out, max_pool
+from spinal_jax.layers import Conv, flatten_channels_first, kaiming_normal_fan_out, max_pool
 from spinal_jax.models.common import IMAGENET_ENTRY, check_images
 from spinal_jax.models.heads import DefaultHeadConfig, HeadConfig, HeadedModel, SpinalHeadConfig
 from spinal_jax.models.registry import register_module
 
-Dtype = Any
 M = "M"  # a 2x2 max-pool in a cfg
 
 VGG_CONFIGS: dict[str, tuple[int | str, ...]] = {
@@ -83,30 +82,15 @@ class VGG(HeadedModel):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         check_images(x, 3, 32, "VGG")
+        init = {"kernel_init": kaiming_normal_fan_out, "bias_init": nn.initializers.zeros}
         index = 0  # torchvision's index in ``features``
         for v in self.cfg:
             if v == M:
                 x = max_pool(x, 2, 2)
                 index += 1
                 continue
-            x = Conv(
-                int(v),
-                3,
-                padding=1,
-                kernel_init=kaiming_normal_fan_out,
-                bias_init=nn.initializers.zeros,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name=f"features_{index}",
-            )(x)
-            x = batch_norm(
-                train,
-                self.bn_axis_name,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name=f"features_{index + 1}",
-            )(x)
-            x = nn.relu(x)
+            x = Conv(int(v), 3, padding=1, **init, **self.dtypes, name=f"features_{index}")(x)
+            x = nn.relu(self.norm(train, f"features_{index + 1}")(x))
             index += 3
         x = flatten_channels_first(adaptive_avg_pool(x, (7, 7)))  # (B, 512 * 7 * 7)
         return self.classify(x, train=train)

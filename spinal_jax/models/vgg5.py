@@ -9,8 +9,6 @@ Linear layers PyTorch's default.
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 from flax import linen as nn
 
@@ -19,7 +17,6 @@ from spinal_jax.models.blocks import M, VGGFeatures, check_image_shape
 from spinal_jax.models.heads import DefaultHeadConfig, HeadConfig, HeadedModel, SpinalHeadConfig
 from spinal_jax.models.registry import register_module
 
-Dtype = Any
 VGG5_CONFIG: tuple[int | str, ...] = (64, 64, M, 128, 128, M, 256, 256, 256, M, 256, 256, 256, M)
 # Four floor-mode 2x2 pools leave a 1x1 map (256 features, as the reference) for 16 <= H, W <= 31.
 INPUT_SIZES = (16, 31)
@@ -47,14 +44,8 @@ class VGG5(HeadedModel):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         check_image_shape(x, 1, INPUT_SIZES, "vgg5", "the backbone must reduce them to 256x1x1")
-        x = VGGFeatures(
-            VGG5_CONFIG,
-            kernel_init=kaiming_normal_fan_out,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            bn_axis_name=self.bn_axis_name,
-            name="features",
-        )(x, train)
+        init = kaiming_normal_fan_out
+        x = VGGFeatures(VGG5_CONFIG, kernel_init=init, **self.precision, name="features")(x, train)
         x = flatten_channels_first(x)  # (B, 256)
         return self.classify(x, train=train)
 
