@@ -68,7 +68,8 @@ def test_config_loads_and_builds_its_model(name, head):
 
 
 def test_mnist_cnn_parameter_counts_match_the_reference_design():
-    """Spec §1.4: 21,840 parameters with the default head, 13,818 with the spinal head (w=8, k=6)."""
+    """docs/SPINALNET.md, MNIST CNN: 21,840 parameters with the default head, 13,818 with the spinal head
+    (w=8, k=6)."""
     for arg, expected in (("mnist_cnn.py", 21_840), ("mnist_cnn.py:spinal", 13_818)):
         config = load(arg)
         model = build.build_model(config, 10)
