@@ -239,12 +239,12 @@ def run_workload(
     num_classes, image_shape = workload_shape(config)
     batch, num_seeds = config.data.batch_size, config.num_seeds
     model = build.build_model(config, num_classes)
-    states, batches = [], []
-    for r in range(num_seeds):
-        single = workdir_lib.replica_config(config, r)
-        states.append(build.build_train_state(single, model, image_shape, steps_per_window, batch)[0])
-        num_steps = steps_per_window if mode == "scan" else 0
-        batches.append(synthetic_batches(single.seed, batch, image_shape, num_classes, num_steps))
+    states, _ = build.build_replica_states(config, model, image_shape, steps_per_window, batch)
+    num_steps = steps_per_window if mode == "scan" else 0
+    batches = [
+        synthetic_batches(config.seed + r, batch, image_shape, num_classes, num_steps)
+        for r in range(num_seeds)
+    ]
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(states[0].params))
     state, data = (states[0], batches[0]) if num_seeds == 1 else map(steps.stack_replicas, (states, batches))
     p_state, p_data = jax_utils.replicate((state, data), devices=jax.local_devices()[:1])

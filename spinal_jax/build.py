@@ -69,6 +69,25 @@ def build_train_state(
     return finetune.adapt_train_state(config, state), base_lr  # linear_probe: backbone BN statistics kept
 
 
+def build_replica_states(
+    config: ml_collections.ConfigDict,
+    model: Any,
+    image_shape: tuple[int, int, int],
+    steps_per_epoch: int,
+    global_batch_size: int,
+) -> tuple[list[steps.TrainState], float]:
+    """:func:`build_train_state` of each of the ``config.num_seeds`` replicas (replica ``r`` seeded as
+    :func:`spinal_jax.workdir.replica_config` says: ``seed + r``), and the base learning rate."""
+    from spinal_jax.workdir import replica_config
+
+    states = []
+    for index in range(config.num_seeds):
+        single = replica_config(config, index)
+        state, base_lr = build_train_state(single, model, image_shape, steps_per_epoch, global_batch_size)
+        states.append(state)
+    return states, base_lr
+
+
 def step_options(config: ml_collections.ConfigDict, pipe: Any, num_classes: int) -> steps.StepOptions:
     """What the train step does besides the update: ``config.label_smoothing``, the device augmentation
     (``data.augment_on='device'``), mixup/cutmix (``data.mixup_alpha`` / ``data.cutmix_alpha``), gradient

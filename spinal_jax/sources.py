@@ -78,12 +78,11 @@ class HostData:
         self.pipe = pipe
         self.splits = tuple(splits)
         self.num_seeds = num_seeds
-        stacked = num_seeds > 1
-        self._iterators = [pipe.train_iterator(r) for r in range(num_seeds)] if stacked else [
-            pipe.train_iterator()
-        ]  # fmt: skip
-        self._train = steps.pmap_train_step(options, seeds=stacked)
-        self._eval = steps.pmap_eval_step(seeds=stacked)
+        # One seed calls train_iterator() as before, so pipelines without seed offsets still work.
+        offsets = range(num_seeds) if num_seeds > 1 else ()
+        self._iterators = [pipe.train_iterator(r) for r in offsets] or [pipe.train_iterator()]
+        self._train = steps.pmap_train_step(options, seeds=num_seeds > 1)
+        self._eval = steps.pmap_eval_step(seeds=num_seeds > 1)
 
     def compile(self, p_state: Any) -> float | None:
         """Nothing ahead of time: the first step compiles (its time counts as training time)."""

@@ -189,16 +189,15 @@ def setup(
         total_steps = min(total_steps, config.max_train_steps)
     options = build.step_options(config, pipe, num_classes)
     source = sources.create_source(config, pipe, total_steps, options)
-    replicas, states = [], []
+    states, base_lr = build.build_replica_states(config, model, pipe.image_shape, spe, pipe.global_batch_size)
+    replicas = []
     for index, path in enumerate(workdir_lib.replica_dirs(config, workdir)):
-        single = workdir_lib.replica_config(config, index)
-        state, base_lr = build.build_train_state(single, model, pipe.image_shape, spe, pipe.global_batch_size)
+        seed = config.seed + index
         plateau = optim.PlateauRule(
-            base_lr, config.plateau.power, single.seed, mode=config.plateau.mode, factor=config.plateau.factor
+            base_lr, config.plateau.power, seed, mode=config.plateau.mode, factor=config.plateau.factor
         )
         ckpt = checkpoints.Checkpoints(path, keep=config.keep_checkpoints, use_async=config.async_checkpoints)
-        replicas.append(Replica(single.seed, path, ckpt, None, plateau))
-        states.append(state)
+        replicas.append(Replica(seed, path, ckpt, None, plateau))
     loops, states, restored = restore_or_initialize(config, replicas, source, model, states)
     is_chief = jax.process_index() == 0
     for replica, loop in zip(replicas, loops, strict=True):
